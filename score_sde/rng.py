@@ -1,0 +1,30 @@
+"""Per-example random numbers: example i's draws depend on (rng, i) only, never on the batch size,
+so a batch of 8 reproduces the first 8 examples of a batch of 64."""
+
+import jax
+import jax.numpy as jnp
+
+
+def example_keys(rng: jax.Array, batch: int) -> jax.Array:
+    """One key per example, ``fold_in(rng, i)`` for i < batch."""
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+
+
+def normal(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
+    """Standard normal of ``shape`` = (B, ...), drawn example by example."""
+    dtype = dtype or jnp.result_type(float)
+    keys = example_keys(rng, shape[0])
+    return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
+
+
+def rademacher(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
+    """±1 with equal probability, drawn example by example."""
+    dtype = dtype or jnp.result_type(float)
+    keys = example_keys(rng, shape[0])
+    return jax.vmap(lambda k: jax.random.rademacher(k, shape[1:], dtype))(keys)
+
+
+def uniform(rng: jax.Array, batch: int, minval: float = 0.0, maxval: float = 1.0) -> jax.Array:
+    """One uniform draw per example: [batch]."""
+    keys = example_keys(rng, batch)
+    return jax.vmap(lambda k: jax.random.uniform(k, (), minval=minval, maxval=maxval))(keys)

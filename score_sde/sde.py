@@ -1,0 +1,373 @@
+"""SDEs of Song et al. (ICLR 2021): VP, sub-VP and VE, with their discrete chains.
+
+Every SDE here is linear, dx = f(t) x dt + g(t) dW, so its marginal given x0 is Gaussian:
+x_t = alpha(t) x0 + sigma(t) z. Subclasses give alpha (through its log, ``log_mean_coeff``),
+sigma, g², the prior and the discrete chain; everything else is shared.
+
+SDEs are frozen dataclasses registered as pytrees (the floats are leaves, ``N`` and the schedule
+are static), so they can be passed to ``jax.jit`` either as pytree arguments or as static ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from score_sde import rng as rng_lib
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array], Array]
+
+COSINE_S = 0.008
+COSINE_T = 0.9946  # DPM-Solver's end time for the cosine schedule: beta(t) is infinite at t = 1.
+
+
+def batch_mul(a: Array, x: Array) -> Array:
+    """Multiply a per-example quantity a: [B] with x: [B, ...]."""
+    return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+
+
+def _sum_sq(z: Array) -> Array:
+    return jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
+
+
+def _dims(z: Array) -> int:
+    return math.prod(z.shape[1:])
+
+
+def _is_number(*values) -> bool:
+    """True when every value is a concrete Python number (not a tracer inside a transform)."""
+    return all(isinstance(v, int | float) for v in values)
+
+
+def _check_range(sde: SDE, lo: str, hi: str) -> None:
+    a, b = getattr(sde, lo), getattr(sde, hi)
+    if _is_number(a, b) and not b > a > 0:
+        raise ValueError(
+            f"{type(sde).__name__}: need 0 < {lo} < {hi}, got {lo}={a}, {hi}={b}. "
+            f"Set {lo} to a positive value below {hi}."
+        )
+    if not (isinstance(sde.N, int) and sde.N >= 1):
+        raise ValueError(f"{type(sde).__name__}: N={sde.N!r}; the discrete chain needs N >= 1.")
+
+
+def _pytree(cls, data, meta):
+    """A frozen dataclass registered as a pytree: ``data`` fields are leaves, ``meta`` static."""
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+
+
+class SDE(abc.ABC):
+    """A linear SDE on t in [0, T] with a discrete chain of N steps."""
+
+    N: int
+
+    @property
+    def T(self) -> float:
+        return 1.0
+
+    @property
+    def sampling_eps(self) -> float:
+        """Default end time of sampling (Song et al.: 1e-3 for VP-type, 1e-5 for VE)."""
+        return 1e-3
+
+    # --- what a subclass defines ---------------------------------------------------------
+    @abc.abstractmethod
+    def log_mean_coeff(self, t: Array) -> Array:
+        """log alpha(t), where alpha(t) scales x0 in the marginal."""
+
+    @abc.abstractmethod
+    def marginal_std(self, t: Array) -> Array:
+        """sigma(t), the marginal standard deviation given x0."""
+
+    @abc.abstractmethod
+    def g2(self, t: Array) -> Array:
+        """g(t)², the squared diffusion coefficient."""
+
+    @abc.abstractmethod
+    def drift_coeff(self, t: Array) -> Array:
+        """f(t) with drift f(t) x."""
+
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior at T."""
+
+    @abc.abstractmethod
+    def t_from_half_log_snr(self, lam: Array) -> Array:
+        """Inverse of ``half_log_snr``: the time t with log(alpha(t)/sigma(t)) = lam."""
+
+    # --- shared behaviour ----------------------------------------------------------------
+    def alpha(self, t: Array) -> Array:
+        return jnp.exp(self.log_mean_coeff(t))
+
+    def half_log_snr(self, t: Array) -> Array:
+        """lambda(t) = log(alpha(t) / sigma(t)), the time variable of DPM-Solver."""
+        return self.log_mean_coeff(t) - jnp.log(self.marginal_std(t))
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Drift f(t) x: [B, ...] and diffusion g(t): [B]."""
+        return batch_mul(self.drift_coeff(t), x), jnp.sqrt(self.g2(t))
+
+    def marginal_prob(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Mean alpha(t) x0: [B, ...] and std sigma(t): [B] of p_t(x | x0)."""
+        return batch_mul(self.alpha(t), x), self.marginal_std(t)
+
+    def prior_sampling(self, rng: Array, shape: tuple[int, ...]) -> Array:
+        """Samples of the prior; example i depends only on (rng, i), not on the batch size."""
+        return self.prior_std() * rng_lib.normal(rng, shape)
+
+    def prior_logp(self, z: Array) -> Array:
+        """log N(z; 0, prior_std² I) for each example: [B]."""
+        s2 = self.prior_std() ** 2
+        return -0.5 * _dims(z) * jnp.log(2 * jnp.pi * s2) - _sum_sq(z) / (2 * s2)
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """Euler–Maruyama step of size T/N: x_{i+1} = x_i + f_i + G_i z."""
+        dt = self.T / self.N
+        drift, diffusion = self.sde(x, t)
+        return drift * dt, diffusion * math.sqrt(dt)
+
+    def step_index(self, t: Array) -> Array:
+        """Index i of the discrete chain for time t, i = floor(t (N - 1) / T).
+
+        The floor tolerates a few ulps of rounding, so t = i T / (N - 1) maps to i exactly.
+        """
+        i = jnp.floor(t * (self.N - 1) / self.T * (1 + 1e-6)).astype(jnp.int32)
+        return jnp.clip(i, 0, self.N - 1)
+
+    def langevin_alpha(self, t: Array) -> Array:
+        """The alpha_i that scales the Langevin corrector's step (1 unless a chain sets it)."""
+        return jnp.ones_like(t)
+
+    def ancestral_step(self, x: Array, t: Array, score: Array, z: Array) -> tuple[Array, Array]:
+        """One ancestral step from t to t - T/N: returns (x_prev, its mean).
+
+        Generic form for any linear SDE: sample the Gaussian posterior q(x_s | x_t, x0) with x0
+        replaced by its Tweedie estimate. VP and VE override it with the DDPM and SMLD steps.
+        """
+        s = jnp.maximum(t - self.T / self.N, 0.0)
+        a_t, a_s = self.alpha(t), self.alpha(s)
+        v_t, v_s = self.marginal_std(t) ** 2, self.marginal_std(s) ** 2
+        a_ts = a_t / a_s
+        v_ts = jnp.maximum(v_t - a_ts**2 * v_s, 0.0)  # variance of q(x_t | x_s)
+        x0 = batch_mul(1 / a_t, x + batch_mul(v_t, score))
+        mean = batch_mul(a_ts * v_s / v_t, x) + batch_mul(a_s * v_ts / v_t, x0)
+        std = jnp.sqrt(v_ts * v_s / v_t)
+        return mean + batch_mul(std, z), mean
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
+        """The reverse-time SDE (or, with ``probability_flow``, the probability-flow ODE)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def with_steps(self, N: int) -> SDE:
+        """The same SDE with a discrete chain of ``N`` steps."""
+        return dataclasses.replace(self, N=N)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReverseSDE:
+    """Reverse-time SDE of ``forward`` (Song et al. 2021, Eq. 6), or its probability-flow ODE
+    (Eq. 13): drift f - c g² score with c = 1, or ½ and no diffusion."""
+
+    forward: SDE
+    score_fn: ScoreFn
+    probability_flow: bool = False
+
+    @property
+    def T(self) -> float:
+        return self.forward.T
+
+    @property
+    def N(self) -> int:
+        return self.forward.N
+
+    @property
+    def _c(self) -> float:
+        return 0.5 if self.probability_flow else 1.0
+
+    def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
+        drift, diffusion = self.forward.sde(x, t)
+        drift = drift - batch_mul(self._c * diffusion**2, self.score_fn(x, t))
+        return drift, jnp.zeros_like(diffusion) if self.probability_flow else diffusion
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """x_i = x_{i+1} - f_{i+1} + c G² s + G z, returned as (-(f - c G² s), G)."""
+        f, G = self.forward.discretize(x, t)
+        rev_f = f - batch_mul(self._c * G**2, self.score_fn(x, t))
+        return rev_f, jnp.zeros_like(G) if self.probability_flow else G
+
+
+@dataclasses.dataclass(frozen=True)
+class _BetaSchedule(SDE):
+    """beta(t) of VP and sub-VP: ``linear`` (Song et al.) or ``cosine`` (Nichol & Dhariwal).
+
+    The cosine schedule is alphabar(t) = cos²(((t + s)/(1 + s)) π/2) / cos²(s/(1 + s) π/2) with
+    s = 0.008; beta(t) = -d log alphabar / dt is infinite at t = 1, so its T is 0.9946.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    N: int = 1000
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule={self.schedule!r}: use 'linear' or 'cosine'.")
+        _check_range(self, "beta_min", "beta_max")
+
+    @property
+    def T(self) -> float:
+        return COSINE_T if self.schedule == "cosine" else 1.0
+
+    def _cos_arg(self, t):
+        return (t + COSINE_S) / (1 + COSINE_S) * (jnp.pi / 2)
+
+    def beta(self, t: Array) -> Array:
+        if self.schedule == "cosine":
+            return jnp.pi / (1 + COSINE_S) * jnp.tan(self._cos_arg(t))
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        if self.schedule == "cosine":
+            c0 = math.cos(COSINE_S / (1 + COSINE_S) * math.pi / 2)
+            return jnp.log(jnp.cos(self._cos_arg(t)) / c0)
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def t_from_log_mean_coeff(self, m: Array) -> Array:
+        """Inverse of ``log_mean_coeff`` (closed form for both schedules)."""
+        if self.schedule == "cosine":
+            c0 = math.cos(COSINE_S / (1 + COSINE_S) * math.pi / 2)
+            return jnp.arccos(jnp.exp(m) * c0) * 2 * (1 + COSINE_S) / jnp.pi - COSINE_S
+        # Solve ¼ Δ t² + ½ beta_min t + m = 0 in the cancellation-free form of DPM-Solver.
+        delta = self.beta_max - self.beta_min
+        tmp = -4 * delta * m
+        return tmp / (jnp.sqrt(self.beta_min**2 + tmp) + self.beta_min) / delta
+
+    def drift_coeff(self, t: Array) -> Array:
+        return -0.5 * self.beta(t)
+
+    def prior_std(self) -> float:
+        return 1.0
+
+    def discrete_betas(self) -> Array:
+        """beta_k of the discrete chain: DDPM's linspace(beta_min/N, beta_max/N, N), or the
+        iDDPM cosine betas 1 - alphabar(k/N)/alphabar((k-1)/N), clipped at 0.999."""
+        if self.schedule == "cosine":
+            k = jnp.arange(self.N + 1) / self.N
+            abar = jnp.exp(2 * self.log_mean_coeff(k))
+            return jnp.minimum(1 - abar[1:] / abar[:-1], 0.999)
+        return jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+
+    def langevin_alpha(self, t: Array) -> Array:
+        return 1.0 - self.discrete_betas()[self.step_index(t)]
+
+
+@functools.partial(_pytree, data=["beta_min", "beta_max"], meta=["N", "schedule"])
+class VPSDE(_BetaSchedule):
+    """Variance preserving: dx = -½ beta(t) x dt + sqrt(beta(t)) dW; its chain is DDPM."""
+
+    def marginal_std(self, t: Array) -> Array:
+        return jnp.sqrt(-jnp.expm1(2 * self.log_mean_coeff(t)))
+
+    def g2(self, t: Array) -> Array:
+        return self.beta(t)
+
+    def t_from_half_log_snr(self, lam: Array) -> Array:
+        # alpha² = sigmoid(2 lam), so m = -½ softplus(-2 lam).
+        return self.t_from_log_mean_coeff(-0.5 * jnp.logaddexp(0.0, -2 * lam))
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """DDPM chain: f_i = (sqrt(alpha_i) - 1) x, G_i = sqrt(beta_i)."""
+        beta = self.discrete_betas()[self.step_index(t)]
+        return batch_mul(jnp.sqrt(1 - beta) - 1, x), jnp.sqrt(beta)
+
+    def ancestral_step(self, x: Array, t: Array, score: Array, z: Array) -> tuple[Array, Array]:
+        """DDPM ancestral step (Ho et al. 2020, Alg. 2 with sigma_i² = beta_i):
+        x_{i-1} = (x_i + beta_i s) / sqrt(alpha_i) + sqrt(beta_i) z."""
+        beta = self.discrete_betas()[self.step_index(t)]
+        mean = batch_mul(1 / jnp.sqrt(1 - beta), x + batch_mul(beta, score))
+        return mean + batch_mul(jnp.sqrt(beta), z), mean
+
+
+@functools.partial(_pytree, data=["beta_min", "beta_max"], meta=["N", "schedule"])
+class SubVPSDE(_BetaSchedule):
+    """sub-VP: dx = -½ beta x dt + sqrt(beta (1 - e^{4m})) dW, with m = log alpha(t) (Song et al.
+    2021, Eq. 29: the discount is 1 - exp(-2 ∫ beta)); its chain is Euler–Maruyama."""
+
+    def marginal_std(self, t: Array) -> Array:
+        return -jnp.expm1(2 * self.log_mean_coeff(t))
+
+    def g2(self, t: Array) -> Array:
+        return self.beta(t) * -jnp.expm1(4 * self.log_mean_coeff(t))
+
+    def t_from_half_log_snr(self, lam: Array) -> Array:
+        # alpha / (1 - alpha²) = e^lam, so alpha = 2 e^lam / (1 + sqrt(1 + 4 e^{2 lam})).
+        e = jnp.exp(lam)
+        return self.t_from_log_mean_coeff(jnp.log(2 * e / (1 + jnp.sqrt(1 + 4 * e**2))))
+
+
+@functools.partial(_pytree, data=["sigma_min", "sigma_max"], meta=["N"])
+class VESDE(SDE):
+    """Variance exploding: dx = sigma(t) sqrt(2 ln(sigma_max/sigma_min)) dW; its chain is SMLD."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    N: int = 1000
+
+    def __post_init__(self):
+        _check_range(self, "sigma_min", "sigma_max")
+
+    def _log_ratio(self):
+        return jnp.log(self.sigma_max / self.sigma_min)
+
+    def log_mean_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def marginal_std(self, t: Array) -> Array:
+        return self.sigma_min * jnp.exp(t * self._log_ratio())
+
+    def g2(self, t: Array) -> Array:
+        return self.marginal_std(t) ** 2 * 2 * self._log_ratio()
+
+    def drift_coeff(self, t: Array) -> Array:
+        return jnp.zeros_like(t)
+
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    @property
+    def sampling_eps(self) -> float:
+        return 1e-5
+
+    def t_from_half_log_snr(self, lam: Array) -> Array:
+        return (-lam - jnp.log(self.sigma_min)) / self._log_ratio()
+
+    def discrete_sigmas(self) -> Array:
+        """SMLD noise levels: geometric from sigma_min to sigma_max, N of them."""
+        return jnp.exp(jnp.linspace(jnp.log(self.sigma_min), jnp.log(self.sigma_max), self.N))
+
+    def _sigma_pair(self, t):
+        i = self.step_index(t)
+        sigmas = self.discrete_sigmas()
+        return sigmas[i], jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
+
+    def discretize(self, x: Array, t: Array) -> tuple[Array, Array]:
+        """SMLD chain: f_i = 0, G_i = sqrt(sigma_i² - sigma_{i-1}²) with sigma_{-1} = 0."""
+        sigma, prev = self._sigma_pair(t)
+        return jnp.zeros_like(x), jnp.sqrt(sigma**2 - prev**2)
+
+    def ancestral_step(self, x: Array, t: Array, score: Array, z: Array) -> tuple[Array, Array]:
+        """SMLD ancestral step (Song et al. 2021, Eq. 47)."""
+        sigma, prev = self._sigma_pair(t)
+        mean = x + batch_mul(sigma**2 - prev**2, score)
+        std = jnp.sqrt(prev**2 * (sigma**2 - prev**2) / sigma**2)
+        return mean + batch_mul(std, z), mean
+
+
+SDES: dict[str, type[SDE]] = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
