@@ -141,6 +141,14 @@ class SDE(abc.ABC):
         i = jnp.floor(t * (self.N - 1) / self.T * (1 + 1e-6)).astype(jnp.int32)
         return jnp.clip(i, 0, self.N - 1)
 
+    def discrete_marginal(self) -> tuple[Array, Array]:
+        """(alpha_k, sigma_k) of the SDE's discrete chain, k < N; only chains with a discrete
+        training loss (DDPM for VP, SMLD for VE) define it."""
+        raise ValueError(
+            f"{type(self).__name__} has no discrete chain to train on (DDPM needs VP, SMLD VE): "
+            "set continuous=True to train it with denoising score matching."
+        )
+
     def langevin_alpha(self, t: Array) -> Array:
         """The alpha_i that scales the Langevin corrector's step (1 unless a chain sets it)."""
         return jnp.ones_like(t)
@@ -287,6 +295,11 @@ class VPSDE(_BetaSchedule):
         beta = self.discrete_betas()[self.step_index(t)]
         return batch_mul(jnp.sqrt(1 - beta) - 1, x), jnp.sqrt(beta)
 
+    def discrete_marginal(self) -> tuple[Array, Array]:
+        """(sqrt(alphabar_k), sqrt(1 - alphabar_k)) of the DDPM chain, k < N."""
+        log_alphabar = jnp.cumsum(jnp.log1p(-self.discrete_betas()))
+        return jnp.exp(0.5 * log_alphabar), jnp.sqrt(-jnp.expm1(log_alphabar))
+
     def ancestral_step(self, x: Array, t: Array, score: Array, z: Array) -> tuple[Array, Array]:
         """DDPM ancestral step (Ho et al. 2020, Alg. 2 with sigma_i² = beta_i):
         x_{i-1} = (x_i + beta_i s) / sqrt(alpha_i) + sqrt(beta_i) z."""
@@ -351,6 +364,11 @@ class VESDE(SDE):
     def discrete_sigmas(self) -> Array:
         """SMLD noise levels: geometric from sigma_min to sigma_max, N of them."""
         return jnp.exp(jnp.linspace(jnp.log(self.sigma_min), jnp.log(self.sigma_max), self.N))
+
+    def discrete_marginal(self) -> tuple[Array, Array]:
+        """(1, sigma_k) of the SMLD chain, k < N."""
+        sigmas = self.discrete_sigmas()
+        return jnp.ones_like(sigmas), sigmas
 
     def _sigma_pair(self, t):
         i = self.step_index(t)
