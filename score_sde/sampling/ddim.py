@@ -1,0 +1,138 @@
+"""DDIM (Song, Meng & Ermon 2021), with a true stochastic term for eta > 0.
+
+One step from t to s (Eq. 12), for any marginal x_t = alpha_t x0 + sigma_t eps:
+    x_s = alpha_s x0_hat + sqrt(sigma_s² - sigma_eta²) eps_hat + sigma_eta z,
+    sigma_eta² = eta² sigma_s² (1 - (alpha_t sigma_s / (alpha_s sigma_t))²)     (Eq. 16),
+so eta = 0 is the deterministic DDIM (the probability-flow ODE's first-order exponential
+integrator, i.e. DPM-Solver-1) and eta = 1 on the DDPM chain is DDPM ancestral sampling with the
+posterior variance beta-tilde. It runs on the continuous SDEs, or with ``discrete=True`` on the
+DDPM chain of ``sde.discrete_betas()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from score_sde import parameterization as param
+from score_sde import rng as rng_lib
+from score_sde.sampling import grids
+from score_sde.sde import SDE
+
+Array = jax.Array
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["sde"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class DDPMChain:
+    """The DDPM chain of ``sde`` as a noise schedule: at t_k = k T/(N-1) (k = step_index),
+    alpha = sqrt(alphabar_k) and sigma = sqrt(1 - alphabar_k); any t < 0 is the data itself."""
+
+    sde: SDE
+
+    def _alphabar(self, t: Array) -> Array:
+        alphabar = jnp.cumprod(1.0 - self.sde.discrete_betas())
+        return jnp.where(t < 0, 1.0, alphabar[self.sde.step_index(t)])
+
+    def alpha(self, t: Array) -> Array:
+        return jnp.sqrt(self._alphabar(t))
+
+    def marginal_std(self, t: Array) -> Array:
+        return jnp.sqrt(1.0 - self._alphabar(t))
+
+    def times(self, n_steps: int) -> Array:
+        """Model times of ``n_steps`` evenly spaced chain indices from N-1 to 0, then the data."""
+        n = self.sde.N
+        if not 1 <= n_steps <= n:
+            raise ValueError(f"n_steps={n_steps}: the DDPM chain has N={n} steps; use 1..{n}.")
+        k = jnp.round(jnp.linspace(n - 1, 0, n_steps))
+        return jnp.append(k, -1.0) * (self.sde.T / max(n - 1, 1))
+
+
+def ddim_step(coeffs, score_fn, x, t, s, eta, z):
+    """One DDIM step from t to s (Eq. 12); ``coeffs`` is an SDE or a ``DDPMChain``."""
+    tb = jnp.full((x.shape[0],), t, x.dtype)
+    score = score_fn(x, tb)
+    eps = param.from_score(coeffs, score, x, tb, "eps")
+    x0 = param.from_score(coeffs, score, x, tb, "x0")
+    a_t, a_s = coeffs.alpha(t), coeffs.alpha(s)
+    sig_t, sig_s = coeffs.marginal_std(t), coeffs.marginal_std(s)
+    ratio = (a_t * sig_s / (a_s * sig_t)) ** 2
+    var_eta = eta**2 * sig_s**2 * jnp.maximum(1.0 - ratio, 0.0)
+    x_s = a_s * x0 + jnp.sqrt(jnp.maximum(sig_s**2 - var_eta, 0.0)) * eps
+    return x_s if z is None else x_s + jnp.sqrt(var_eta) * z
+
+
+def ddim_solve(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=()):
+    """DDIM from x at ts[0] along the grid ts; returns (x, nfe, trajectory or None).
+
+    Step i draws its noise as ``rng.normal(fold_in(rng, i), x.shape)`` (per example).
+    """
+    coeffs = _chain(sde) if discrete else sde
+    traj = grids.trajectory_init(save_at, x)
+
+    def step(carry, i):
+        x, traj = carry
+        t, s = ts[i], ts[i + 1]
+        z = None if eta == 0 else rng_lib.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+        x_s = ddim_step(coeffs, score_fn, x, t, s, eta, z)
+        # The chain's data sits at t < 0; it is saved as t = 0.
+        traj = grids.record(traj, save_at, jnp.maximum(t, 0), jnp.maximum(s, 0), x, x_s)
+        return (x_s, traj), None
+
+    n = ts.shape[0] - 1
+    (x, traj), _ = jax.lax.scan(step, (x, traj), jnp.arange(n))
+    return x, n, traj
+
+
+def ddim_sampler(
+    rng: Array,
+    sde: SDE,
+    score_fn,
+    shape: tuple[int, ...],
+    *,
+    n_steps: int = 50,
+    eta: float = 0.0,
+    time_grid: str = "uniform",
+    discrete: bool = False,
+    eps: float | None = None,
+    save_at: tuple = (),
+):
+    """DDIM (Song et al. 2021, Eq. 12) from the prior; nfe = n_steps.
+
+    Continuous: ``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps).
+    ``discrete=True``: DDPM chain indices evenly spaced from N-1 to 0, then one step to the data
+    (``time_grid``/``eps`` do not apply); the data is saved as t = 0.
+    """
+    if eta < 0:
+        raise ValueError(f"eta={eta}: need eta >= 0 (0 deterministic, 1 DDPM-like).")
+    prior_rng, rng = jax.random.split(rng)
+    x = sde.prior_sampling(prior_rng, shape)
+    if discrete:
+        if time_grid != "uniform" or eps is not None:
+            raise ValueError(
+                "discrete=True spaces chain indices evenly and ends at the data; "
+                "leave time_grid='uniform' and eps=None."
+            )
+        ts = _chain(sde).times(n_steps)
+        grids.check_save_at(save_at, sde.T, 0.0)
+    else:
+        eps = sde.sampling_eps if eps is None else eps
+        ts = grids.time_grid(sde, n_steps, time_grid, t_end=eps)
+        grids.check_save_at(save_at, sde.T, eps)
+    x, nfe, traj = ddim_solve(
+        rng, sde, score_fn, x, ts, eta=eta, discrete=discrete, save_at=save_at
+    )
+    return grids.outputs(x, nfe, traj)
+
+
+def _chain(sde: SDE) -> DDPMChain:
+    if not hasattr(sde, "discrete_betas"):
+        raise ValueError(
+            f"discrete=True needs a DDPM chain (sde.discrete_betas()); "
+            f"{type(sde).__name__} has none: use VPSDE or SubVPSDE."
+        )
+    return DDPMChain(sde)
