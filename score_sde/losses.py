@@ -114,12 +114,6 @@ class _ChainMarginal:
         return self.stds[self.sde.step_index(t)]
 
 
-def chain_marginal(sde: SDE) -> tuple[Array, Array]:
-    """(alpha_k, sigma_k) for k < N of the SDE's discrete chain (DDPM or SMLD); raises a
-    ValueError naming ``continuous`` for SDEs without one (sub-VP)."""
-    return sde.discrete_marginal()
-
-
 def discrete_losses(
     sde: SDE,
     model_fn: ModelFn,
@@ -129,7 +123,7 @@ def discrete_losses(
 ) -> LossFn:
     """Per-example DDPM (Ho et al. 2020) or SMLD (Song & Ermon 2019) losses of the SDE's chain:
     index k uniform in {0, ..., N-1}, the network called at t = k T / (N - 1): [B]."""
-    chain = _ChainMarginal(sde, *chain_marginal(sde))
+    chain = _ChainMarginal(sde, *sde.discrete_marginal())
     n = sde.N
 
     def losses(rng: Array, params: Any, x: Array, y: Array | None = None) -> Array:

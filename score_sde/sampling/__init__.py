@@ -28,11 +28,16 @@ METHODS = {
 }
 
 
-def _check_options(method: str, options: dict) -> None:
+def method_options(method: str) -> tuple[str, ...]:
+    """The options (keyword-only arguments) that ``method`` accepts."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; valid methods: {sorted(METHODS)}.")
-    params = inspect.signature(METHODS[method]).parameters
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    params = inspect.signature(METHODS[method]).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def _check_options(method: str, options: dict) -> None:
+    valid = list(method_options(method))
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise TypeError(f"method={method!r} has no option(s) {unknown}; its options: {valid}.")

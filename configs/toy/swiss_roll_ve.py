@@ -1,0 +1,7 @@
+"""The MLP on the 2-D swiss roll, VE SDE."""
+
+from configs.default_toy_configs import get_default_configs
+
+
+def get_config():
+    return get_default_configs("swiss_roll", "vesde")

@@ -1,0 +1,352 @@
+"""Typed, validated experiment configs.
+
+Config files (``configs/**.py``) build an ``ml_collections.ConfigDict`` with the sections of
+yang-song/score_sde: ``training``, ``sampling``, ``eval``, ``data``, ``model``, ``optim`` and
+``seed``; they start from ``to_config_dict()``, which holds every field below at its default, so
+any field can be overridden on the command line. ``from_config_dict`` turns the ConfigDict into a
+frozen ``ExperimentConfig`` and checks every field (rules in ``score_sde.validation``): an
+unknown key, a wrong type or an invalid
+value raises ``ConfigError`` with one line naming the field and the fix; unknown SDE, model,
+sampler and data set names list the valid ones (read from ``SDES``, ``models.MODELS``,
+``sampling.METHODS`` and ``datasets.DATASETS``).
+
+For the trainer: ``make_sde(cfg)``, ``model_kwargs(cfg, shape)`` (for ``models.create``) and
+``sampling_kwargs(cfg)`` (for ``sampling.sample``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from score_sde.sde import SDE, SDES
+
+
+class ConfigError(ValueError):
+    """An invalid config: the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    sde: str = "vpsde"  # a key of score_sde.sde.SDES
+    batch_size: int = 128  # global batch, split over all devices
+    n_iters: int = 1_300_001
+    snapshot_freq: int = 50_000  # checkpoints kept for good (eval) and sample grids
+    snapshot_freq_for_preemption: int = 10_000  # rolling checkpoints for resume
+    log_freq: int = 50
+    eval_freq: int = 100  # loss on an eval batch
+    snapshot_sampling: bool = True  # write a sample grid at each snapshot
+    n_jitted_steps: int = 5  # optimiser steps per jitted call (lax.scan)
+    continuous: bool = True  # False: the DDPM / SMLD discrete loss
+    reduce_mean: bool = False
+    likelihood_weighting: bool = False
+    importance_sampling: bool = False
+    eps: float = 1e-5  # smallest training time
+    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    keep_checkpoints: int = 3  # rolling checkpoints kept
+    label_dropout: float = 0.0  # classifier-free guidance: P(label dropped)
+    compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    method: str = "pc"  # a key of score_sde.sampling.METHODS
+    predictor: str = "euler_maruyama"
+    corrector: str = "none"
+    snr: float = 0.16
+    n_steps_each: int = 1  # corrector steps per predictor step
+    noise_removal: bool = True  # final Tweedie denoising step
+    probability_flow: bool = False
+    n_steps: int | None = None  # None: the method's default (model.num_scales for pc)
+    eps: float | None = None  # end time; None: the SDE's default
+    # Other keyword options of the method, e.g. {"eta": 0.5} for ddim or {"rtol": 1e-3} for ode.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    begin_ckpt: int = 0  # evaluate checkpoints with begin_ckpt <= step <= end_ckpt;
+    end_ckpt: int = -1  # -1: no upper bound (and pick up new checkpoints as they appear)
+    batch_size: int = 1024
+    enable_loss: bool = True
+    enable_bpd: bool = False
+    bpd_split: str = "test"
+    bpd_num_repeats: int = 1  # passes over the split (the likelihood's estimator is random)
+    enable_sampling: bool = False
+    num_samples: int = 50_000
+    rtol: float = 1e-5  # ODE solver tolerances of the likelihood
+    atol: float = 1e-5
+    eps: float = 1e-5  # likelihood start time
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"
+    image_size: int | None = 32  # None for vector data
+    num_channels: int | None = 3  # None for vector data
+    random_flip: bool = True
+    centered: bool = False  # scale data to [-1, 1] instead of [0, 1]
+    uniform_dequantization: bool = False
+    data_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "ncsnpp"  # a key of score_sde.models.MODELS
+    # SDE
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    num_scales: int = 1000  # N, steps of the discrete chain
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    schedule: str = "linear"
+    # training
+    dropout: float = 0.1
+    ema_rate: float = 0.9999
+    parameterization: str = "score"  # "score", "eps" or "x0"
+    # NCSN++ / DDPM++ / DDPM
+    scale_by_sigma: bool = False
+    normalization: str = "GroupNorm"
+    nonlinearity: str = "swish"
+    nf: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    resamp_with_conv: bool = True
+    conditional: bool = True  # time-conditional
+    fir: bool = False
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+    resblock_type: str = "biggan"
+    progressive: str = "none"
+    progressive_input: str = "none"
+    progressive_combine: str = "sum"
+    attention_type: str = "ddpm"
+    embedding_type: str = "positional"
+    init_scale: float = 0.0
+    fourier_scale: float = 16.0
+    conv_size: int = 3
+    num_classes: int = 0  # 0: unconditional
+    # MLP (also nf: its embedding width)
+    width: int = 256
+    num_blocks: int = 3  # residual blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "Adam"
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 5000  # linear warm-up steps; the first step's lr is lr / warmup, not 0
+    grad_clip: float = 1.0  # global-norm clipping; 0 disables it
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    seed: int = 42
+
+
+OPTIMIZERS = ("Adam",)
+COMPUTE_DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("linear", "cosine")
+# Fields of yang-song/score_sde's model configs with the one value implemented here.
+FIXED_MODEL_FIELDS = {
+    "normalization": "GroupNorm",
+    "nonlinearity": "swish",
+    "attention_type": "ddpm",
+    "conv_size": 3,
+    "conditional": True,
+}
+# Range rules: "must be <rule>" for each listed field (None, for optional fields, is allowed).
+RANGES = {
+    ">= 1": (
+        lambda v: v >= 1,
+        "training.n_iters training.n_jitted_steps training.max_bad_steps "
+        "training.keep_checkpoints sampling.n_steps_each sampling.n_steps eval.num_samples "
+        "eval.bpd_num_repeats data.image_size model.num_scales model.nf model.num_res_blocks "
+        "model.width model.num_blocks",
+    ),
+    "> 0": (lambda v: v > 0, "sampling.snr eval.rtol eval.atol model.sigma_min optim.lr optim.eps"),
+    ">= 0": (
+        lambda v: v >= 0,
+        "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip",
+    ),
+    "in [0, 1)": (
+        lambda v: 0 <= v < 1,
+        "model.dropout model.ema_rate optim.beta1 optim.beta2",
+    ),
+    "in [0, 1]": (lambda v: 0 <= v <= 1, "training.label_dropout"),
+    "in (0, 1)": (lambda v: 0 < v < 1, "training.eps sampling.eps eval.eps"),
+}
+
+
+# --- parsing -------------------------------------------------------------------------------
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """``value`` checked against the annotation ``tp`` (ints pass as floats, lists as tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(path, value, inner)
+    if origin is dict:
+        if not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)):
+            raise ConfigError(f"config.{path}={value!r}: expected a dict of named options.")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            raise ConfigError(f"config.{path}={value!r}: expected a tuple such as (1, 2, 2).")
+        return tuple(_coerce(f"{path}[{i}]", v, args[0]) for i, v in enumerate(value))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[tp]
+    if not ok:
+        raise ConfigError(
+            f"config.{path}={value!r} has type {type(value).__name__}, expected {tp.__name__}."
+        )
+    return float(value) if tp is float else value
+
+
+def _section(cls: type, path: str, values: Mapping[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    for key in values:
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"config.{path}{key} is not a known field: {hint}valid fields of "
+                f"config.{path.rstrip('.') or '<top level>'}: {', '.join(hints)}."
+            )
+    kwargs = {}
+    for key, value in values.items():
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config.{path}{key} must be a section (a ConfigDict).")
+            kwargs[key] = _section(hints[key], f"{path}{key}.", value)
+        else:
+            kwargs[key] = _coerce(f"{path}{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def from_config_dict(cfg: Mapping[str, Any], *, device_count: int | None = None):
+    """The validated ``ExperimentConfig`` of an ``ml_collections.ConfigDict`` (or a nested dict,
+    e.g. ``dataclasses.asdict`` of an ExperimentConfig read back from JSON).
+
+    ``device_count`` (default ``jax.device_count()``) must divide the batch sizes.
+    Raises ``ConfigError`` naming the first invalid field.
+    """
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    exp = _section(ExperimentConfig, "", values)
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    from score_sde.validation import validate
+
+    validate(exp, device_count)
+    return exp
+
+
+def to_config_dict(exp: ExperimentConfig | None = None) -> ml_collections.ConfigDict:
+    """``exp`` (default: every field at its default) as a ConfigDict with every field, so a
+    config file can start from it and any field can be overridden on the command line
+    (optional fields are typed references: ``None`` and values both override)."""
+    exp = ExperimentConfig() if exp is None else exp
+    cfg = ml_collections.ConfigDict()
+    for f in dataclasses.fields(exp):
+        value = getattr(exp, f.name)
+        if not dataclasses.is_dataclass(value):
+            setattr(cfg, f.name, value)
+            continue
+        section = ml_collections.ConfigDict()
+        for name, tp in typing.get_type_hints(type(value)).items():
+            v = getattr(value, name)
+            if type(None) in typing.get_args(tp):  # typed, so None <-> value both override
+                (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+                v = config_dict.FieldReference(v, field_type=inner)
+            setattr(section, name, v)
+        setattr(cfg, f.name, section)
+    return cfg
+
+
+# --- helpers for the trainer ---------------------------------------------------------------
+_SDE_FIELDS = {"N": "num_scales"}  # SDE constructor argument -> config.model field
+
+
+def make_sde(cfg: ExperimentConfig) -> SDE:
+    """The SDE named by ``training.sde``, with its parameters from ``config.model``."""
+    cls = SDES[cfg.training.sde]
+    kwargs = {
+        f.name: getattr(cfg.model, _SDE_FIELDS.get(f.name, f.name)) for f in dataclasses.fields(cls)
+    }
+    return cls(**kwargs)
+
+
+# SamplingConfig field -> sampler option, where the names differ (yang-song/score_sde's names).
+_SAMPLER_NAMES = {"n_steps_each": "n_corrector_steps", "noise_removal": "denoise"}
+
+
+def sampling_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Options for ``sampling.sample(..., method=cfg.sampling.method, **options)``: the sampling
+    fields the method takes (None fields left to the method's default) and ``options``."""
+    from score_sde.sampling import method_options
+
+    c = cfg.sampling
+    accepted = method_options(c.method)
+    kwargs = {}
+    for f in dataclasses.fields(c):
+        name, value = _SAMPLER_NAMES.get(f.name, f.name), getattr(c, f.name)
+        if name in accepted and value is not None:
+            kwargs[name] = value
+    return kwargs | c.options
+
+
+def model_kwargs(cfg: ExperimentConfig, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Keyword arguments of ``models.create(cfg.model.name, rngs, **kwargs)`` for examples of
+    ``shape`` ((H, W, C) images or (D,) vectors, as ``datasets.dataset_info`` gives): the model
+    fields its constructor takes, the data's size, labels and the compute dtype."""
+    import jax.numpy as jnp
+
+    m = cfg.model
+    candidates = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    if len(shape) == 3:
+        candidates.update(image_size=shape[0], in_channels=shape[2])
+    else:
+        candidates.update(dim=math.prod(shape))
+    candidates.update(
+        num_classes=m.num_classes or None,
+        null_label=cfg.training.label_dropout > 0,
+        dtype=jnp.dtype(cfg.training.compute_dtype),
+    )
+    options = model_options(m.name)
+    return {k: v for k, v in candidates.items() if k in options and k != "rngs"}
+
+
+def model_options(name: str) -> Mapping[str, inspect.Parameter]:
+    """The keyword arguments of model ``name``'s constructor."""
+    from score_sde.models import MODELS
+
+    ctor = MODELS[name]
+    return inspect.signature(ctor.__init__ if isinstance(ctor, type) else ctor).parameters

@@ -1,0 +1,189 @@
+"""Validation of an ``ExperimentConfig``: every rule names the field it checks and the fix.
+
+Names are checked against the dicts that define them (SDEs, samplers, data sets, models, ...),
+ranges by ``config.RANGES``, and the cross-field rules (device count, U-Net levels, the
+discrete loss's chain) below.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from score_sde.config import (
+    COMPUTE_DTYPES,
+    FIXED_MODEL_FIELDS,
+    OPTIMIZERS,
+    RANGES,
+    SCHEDULES,
+    ConfigError,
+    ExperimentConfig,
+    SamplingConfig,
+    make_sde,
+    model_options,
+)
+from score_sde.sde import SDES
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_name(path: str, value: str, valid) -> None:
+    _require(
+        value in valid,
+        f"config.{path}={value!r} is unknown; valid names: {', '.join(sorted(valid))}.",
+    )
+
+
+def _get(exp: ExperimentConfig, path: str) -> Any:
+    section, name = path.split(".")
+    return getattr(getattr(exp, section), name)
+
+
+def validate(exp: ExperimentConfig, device_count: int) -> None:
+    """Raise ``ConfigError`` naming the first invalid field of ``exp``."""
+    from score_sde import datasets, models, parameterization, sampling
+    from score_sde.models import embeddings, ncsnpp
+    from score_sde.sampling import pc
+
+    t, s, d, m = exp.training, exp.sampling, exp.data, exp.model
+    for path, valid in [
+        ("training.sde", SDES),
+        ("training.compute_dtype", COMPUTE_DTYPES),
+        ("sampling.method", sampling.METHODS),
+        ("data.dataset", datasets.DATASETS),
+        ("model.name", models.MODELS),
+        ("model.schedule", SCHEDULES),
+        ("model.parameterization", parameterization.PARAMETERIZATIONS),
+        ("model.embedding_type", embeddings.EMBEDDINGS),
+        ("model.resblock_type", ncsnpp.RESBLOCKS),
+        ("model.progressive", ncsnpp.PROGRESSIVE),
+        ("model.progressive_input", ncsnpp.PROGRESSIVE_INPUT),
+        ("model.progressive_combine", ncsnpp.COMBINE),
+        ("optim.optimizer", OPTIMIZERS),
+    ]:
+        _check_name(path, _get(exp, path), valid)
+    for rule, (ok, paths) in RANGES.items():
+        for path in paths.split():
+            value = _get(exp, path)
+            _require(value is None or ok(value), f"config.{path}={value} must be {rule}.")
+    for name, only in FIXED_MODEL_FIELDS.items():
+        _require(
+            getattr(m, name) == only,
+            f"config.model.{name}={getattr(m, name)!r}: only {only!r} is implemented (the field "
+            "is kept so configs read like yang-song/score_sde's).",
+        )
+    _require(
+        m.beta_min < m.beta_max,
+        f"config.model.beta_max={m.beta_max} must be > config.model.beta_min={m.beta_min} > 0.",
+    )
+    _require(0 < m.beta_min, f"config.model.beta_min={m.beta_min} must be > 0 (and < beta_max).")
+    _require(
+        m.sigma_min < m.sigma_max,
+        f"config.model.sigma_min={m.sigma_min} must be < config.model.sigma_max={m.sigma_max}.",
+    )
+    for path in ("training.batch_size", "eval.batch_size"):
+        batch = _get(exp, path)
+        _require(
+            batch >= 1 and batch % device_count == 0,
+            f"config.{path}={batch} must be a positive multiple of the device count "
+            f"({device_count}): each device takes an equal share of the global batch.",
+        )
+    for name in ("snapshot_freq", "snapshot_freq_for_preemption", "log_freq", "eval_freq"):
+        freq = getattr(t, name)
+        _require(
+            freq >= 1 and freq % t.n_jitted_steps == 0,
+            f"config.training.{name}={freq} must be a positive multiple of "
+            f"config.training.n_jitted_steps={t.n_jitted_steps} (steps run in chunks of it).",
+        )
+    _require(
+        not t.importance_sampling or t.likelihood_weighting,
+        "config.training.importance_sampling=True samples t for the likelihood weighting: "
+        "set config.training.likelihood_weighting=True too.",
+    )
+    _require(
+        t.continuous or not t.likelihood_weighting,
+        "config.training.likelihood_weighting=True needs config.training.continuous=True "
+        "(the discrete DDPM/SMLD losses have fixed weights).",
+    )
+    _require(
+        exp.eval.end_ckpt == -1 or exp.eval.end_ckpt >= exp.eval.begin_ckpt,
+        f"config.eval.end_ckpt={exp.eval.end_ckpt} must be >= config.eval.begin_ckpt="
+        f"{exp.eval.begin_ckpt} (or -1: no upper bound).",
+    )
+    _require(
+        d.num_channels in (None, 1, 3),
+        f"config.data.num_channels={d.num_channels} must be 1, 3 (or None for vector data).",
+    )
+    _require(
+        (d.image_size is None) == (d.num_channels is None),
+        f"config.data.image_size={d.image_size} and config.data.num_channels={d.num_channels}: "
+        "set both (images) or neither (vector data).",
+    )
+    _validate_sampler(s, sampling.method_options(s.method), pc)
+    _validate_model_inputs(exp)
+    _validate_discrete_loss(exp)
+
+
+def _validate_sampler(s: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
+    for name in s.options:
+        _require(
+            name in accepted,
+            f"config.sampling.options has {name!r}, not an option of sampling.method="
+            f"{s.method!r}; its options: {', '.join(accepted)}.",
+        )
+    if "predictor" in accepted:
+        _check_name("sampling.predictor", s.predictor, pc.PREDICTORS)
+        _check_name("sampling.corrector", s.corrector, pc.CORRECTORS)
+        _require(
+            not (s.probability_flow and s.predictor == "ancestral"),
+            "config.sampling.probability_flow=True has no ancestral form: set "
+            "config.sampling.predictor to 'reverse_diffusion' or 'euler_maruyama'.",
+        )
+
+
+def _validate_model_inputs(exp: ExperimentConfig) -> None:
+    """Labels the model needs; images a U-Net can halve len(ch_mult) - 1 times, with attention
+    at resolutions it reaches."""
+    m, size = exp.model, exp.data.image_size
+    options = model_options(m.name)
+    needs_classes = getattr(options.get("num_classes"), "default", None) is inspect.Parameter.empty
+    _require(
+        m.num_classes > 0 or not needs_classes,
+        f"config.model.name={m.name!r} needs classes: set config.model.num_classes.",
+    )
+    _require(
+        exp.training.label_dropout == 0 or m.num_classes > 0,
+        f"config.training.label_dropout={exp.training.label_dropout} drops class labels, but "
+        "config.model.num_classes=0 (unconditional): set num_classes or label_dropout=0.",
+    )
+    if size is None or "ch_mult" not in options:
+        return
+    _require(len(m.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
+    factor = 2 ** (len(m.ch_mult) - 1)
+    _require(
+        size % factor == 0,
+        f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1)"
+        f"={factor}: use a multiple of {factor} or fewer levels in ch_mult={m.ch_mult}.",
+    )
+    reachable = [size // 2**i for i in range(len(m.ch_mult))]
+    for res in m.attn_resolutions:
+        _require(
+            res in reachable,
+            f"config.model.attn_resolutions has {res}, not a resolution of the U-Net for "
+            f"image_size={size}: use some of {reachable}.",
+        )
+
+
+def _validate_discrete_loss(exp: ExperimentConfig) -> None:
+    """The discrete loss needs a discrete chain with known marginals (DDPM or SMLD)."""
+    if exp.training.continuous:
+        return
+    try:
+        make_sde(exp).discrete_marginal()
+    except ValueError as err:
+        raise ConfigError(
+            f"config.training.continuous=False with config.training.sde={exp.training.sde!r}: {err}"
+        ) from None
