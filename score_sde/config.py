@@ -5,10 +5,9 @@ yang-song/score_sde: ``training``, ``sampling``, ``eval``, ``data``, ``model``, 
 ``seed``; they start from ``to_config_dict()``, which holds every field below at its default, so
 any field can be overridden on the command line. ``from_config_dict`` turns the ConfigDict into a
 frozen ``ExperimentConfig`` and checks every field (rules in ``score_sde.validation``): an
-unknown key, a wrong type or an invalid
-value raises ``ConfigError`` with one line naming the field and the fix; unknown SDE, model,
-sampler and data set names list the valid ones (read from ``SDES``, ``models.MODELS``,
-``sampling.METHODS`` and ``datasets.DATASETS``).
+unknown key, a wrong type or an invalid value raises ``ConfigError`` with one line naming the
+field and the fix; unknown SDE, model, sampler and data set names list the valid ones (read
+from ``SDES``, ``models.MODELS``, ``sampling.METHODS`` and ``datasets.DATASETS``).
 
 For the trainer: ``make_sde(cfg)``, ``model_kwargs(cfg, shape)`` (for ``models.create``) and
 ``sampling_kwargs(cfg)`` (for ``sampling.sample``).
