@@ -1,0 +1,248 @@
+"""Checkpoints: an orbax ``CheckpointManager`` over a composite of
+
+- ``state``: the train-state pytree (params, EMA, optimiser state, step, RNG), ``StandardSave``;
+- ``config`` and ``metadata``: JSON (``JsonSave``), so a checkpoint says how it was made;
+- ``<name>_data``: the position of each data iterator (grain checkpointing, one file per
+  process), so a resumed run sees exactly the batches an uninterrupted one would.
+
+Saving is asynchronous (the device-to-host copy blocks, the write does not) and keeps the last
+``max_to_keep`` checkpoints plus every multiple of ``keep_period``. ``Preemption`` turns SIGTERM
+into "save at the next step boundary and exit".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+STATE, CONFIG, METADATA = "state", "config", "metadata"
+DATA_ITEMS = ("train", "eval")  # the data iterators a training checkpoint holds
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose parameters do not match the model built from the config."""
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The requested checkpoint (or any checkpoint) does not exist."""
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _flat_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{"params/conv/kernel": (shape, dtype)} for each leaf (flax's ``.value`` dropped)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        names = [_key_name(k) for k in path]
+        if names and names[-1] == "value":
+            names = names[:-1]
+        out["/".join(names)] = (tuple(leaf.shape), str(leaf.dtype))
+    return out
+
+
+def check_compatible(saved_tree, target_tree, where: str) -> None:
+    """Raise ``CheckpointMismatchError`` naming the first parameter whose presence or shape
+    differs between the checkpoint's tree (``saved_tree``, orbax metadata) and the target."""
+    saved, target = _flat_shapes(saved_tree), _flat_shapes(target_tree)
+    fix = (
+        "Train this config in a fresh --workdir, or run with the config the checkpoint was "
+        "trained with (stored in its config/ item)."
+    )
+    for name, (shape, _) in target.items():
+        if name not in saved:
+            raise CheckpointMismatchError(
+                f"{where} does not match the config: it has no parameter {name} (shape "
+                f"{shape} in the model built from the config). {fix}"
+            )
+        if saved[name][0] != shape:
+            raise CheckpointMismatchError(
+                f"{where} does not match the config: parameter {name} has shape "
+                f"{saved[name][0]} in the checkpoint but {shape} in the model. {fix}"
+            )
+    extra = sorted(set(saved) - set(target))
+    if extra:
+        raise CheckpointMismatchError(
+            f"{where} does not match the config: the checkpoint has parameter {extra[0]} "
+            f"(shape {saved[extra[0]][0]}) that the model built from the config lacks. {fix}"
+        )
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs (with shardings) of ``tree``: the restore target."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
+        tree,
+    )
+
+
+class Checkpointer:
+    """Save and restore (state, config, metadata, data-iterator positions) under ``directory``."""
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_to_keep: int | None = 3,
+        keep_period: int | None = None,
+        async_save: bool = True,
+        read_only: bool = False,
+        data_names: tuple[str, ...] = DATA_ITEMS,
+    ):
+        self.directory = os.path.abspath(directory)
+        self.data_names = tuple(data_names)
+        handlers = {
+            STATE: ocp.StandardCheckpointHandler(),
+            CONFIG: ocp.JsonCheckpointHandler(),
+            METADATA: ocp.JsonCheckpointHandler(),
+        }
+        for name in self.data_names:
+            handlers[_data_item(name)] = grain.checkpoint.CheckpointHandler()
+        if read_only:  # the settings orbax would otherwise override with a warning
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, save_interval_steps=0, max_to_keep=None, create=False
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                keep_period=keep_period,
+                enable_async_checkpointing=async_save,
+            )
+        if read_only and not os.path.isdir(self.directory):
+            raise NoCheckpointError(
+                f"No checkpoints at {self.directory}: run --mode train with this --workdir first."
+            )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+
+    # --- queries -------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        """Steps of the finished checkpoints, oldest first (re-read from disk)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def _step_or_latest(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise NoCheckpointError(
+                    f"No checkpoint in {self.directory}: run --mode train with this --workdir."
+                )
+            return steps[-1]
+        if step not in steps:
+            raise NoCheckpointError(
+                f"No checkpoint for step {step} in {self.directory}; available steps: {steps}."
+            )
+        return step
+
+    def read_json(self, step: int | None = None) -> tuple[dict, dict]:
+        """(config, metadata) saved with checkpoint ``step`` (default: the latest)."""
+        step = self._step_or_latest(step)
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{CONFIG: ocp.args.JsonRestore(), METADATA: ocp.args.JsonRestore()}
+            ),
+        )
+        return dict(out[CONFIG]), dict(out[METADATA])
+
+    # --- save / restore ------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        config: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+        iterators: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Start saving checkpoint ``step``; returns once the arrays are copied off the device,
+        so ``state`` may be donated right after. ``iterators`` maps names in ``data_names`` to
+        grain iterators, whose positions are read now."""
+        items = {
+            STATE: ocp.args.StandardSave(state),
+            CONFIG: ocp.args.JsonSave(dict(config)),
+            METADATA: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
+        }
+        for name, it in (iterators or {}).items():
+            items[_data_item(name)] = grain.checkpoint.CheckpointSave(it)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def restore(
+        self,
+        target: Any,
+        step: int | None = None,
+        *,
+        iterators: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, int]:
+        """Restore checkpoint ``step`` (default: the latest) into the structure, shapes and
+        shardings of ``target``, and the iterators' positions in place; returns (state, step).
+
+        Raises ``CheckpointMismatchError`` naming the parameter if the shapes differ.
+        """
+        step = self._step_or_latest(step)
+        saved = self._manager.item_metadata(step)[STATE]
+        where = f"Checkpoint {os.path.join(self.directory, str(step))}"
+        check_compatible(getattr(saved, "tree", saved), target, where)
+        items = {STATE: ocp.args.StandardRestore(abstract_like(target))}
+        for name, it in (iterators or {}).items():
+            items[_data_item(name)] = grain.checkpoint.CheckpointRestore(it)
+        out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        return out[STATE], step
+
+    def wait(self) -> None:
+        """Block until the pending asynchronous save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _data_item(name: str) -> str:
+    return f"{name}_data"
+
+
+class Preemption:
+    """SIGTERM becomes a request to save at the next step boundary and exit cleanly.
+
+    Single process: a signal handler sets a flag. Multi-process: JAX's preemption sync point,
+    so every process agrees on the step at which to stop.
+    """
+
+    def __init__(self):
+        self._requested = False
+        self._previous = None
+
+    def __enter__(self) -> Preemption:
+        if jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        self._requested = True
+
+    def reached(self, step: int) -> bool:
+        """True when the run should save ``step`` and exit."""
+        if jax.process_count() == 1:
+            return self._requested
+        return ocp.multihost.reached_preemption(step)

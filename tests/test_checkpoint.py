@@ -1,0 +1,125 @@
+"""Checkpoints: exact resume after SIGKILL and SIGTERM (bitwise on CPU, data position included),
+and a clear error when a checkpoint does not fit the model."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from test_train import tiny_toy_config
+
+from score_sde import checkpoint as ckpt_lib
+from score_sde import experiment as experiment_lib
+from score_sde import runlog
+from score_sde import train as train_lib
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+RESUME = {"training.n_iters": 40, "training.snapshot_freq_for_preemption": 10}
+
+
+def _final_state(trainer, workdir):
+    ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
+    state, step = ckpt.restore(trainer.initial_state())
+    return jax.tree.map(np.asarray, jax.device_get(state)), step
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_toy_config
+    from score_sde import runlog, train
+
+    workdir = {workdir!r}
+    progress = runlog.RunLog.progress
+
+    def progress_then_kill(self, step, **kw):
+        progress(self, step, **kw)
+        if step == 15:  # steps 16-20 are running; checkpoint 10 is written, 20 is not
+            while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    runlog.RunLog.progress = progress_then_kill
+    train.Trainer(tiny_toy_config(**{resume!r})).run(workdir, progress=False)
+    """
+)
+
+
+def test_resume_after_sigkill_then_sigterm_is_bitwise_equal(tmp_path, monkeypatch, capsys):
+    trainer = train_lib.Trainer(tiny_toy_config(**RESUME))  # compiled once, run three times
+    ref_dir, dir_ = str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")
+    trainer.run(ref_dir, progress=False)
+
+    # 1. A hard kill (no handler can run) in the middle of training, after checkpoint 10.
+    script = KILL_SCRIPT.format(tests=TESTS, workdir=dir_, resume=RESUME)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert ckpt_lib.Checkpointer(os.path.join(dir_, "checkpoints"), read_only=True).all_steps() == [
+        10
+    ]
+
+    # 2. Resume; SIGTERM arrives at step 25: the run saves at the next boundary and returns.
+    progress = runlog.RunLog.progress
+
+    def progress_then_term(self, step, **kw):
+        progress(self, step, **kw)
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(runlog.RunLog, "progress", progress_then_term)
+    state = trainer.run(dir_, progress=False)
+    assert int(state.step) == 30
+    out = capsys.readouterr().out
+    assert "Resumed from step 10" in out and "Preempted (SIGTERM): saved step 30" in out
+    monkeypatch.undo()
+
+    # 3. Resume to the end: bitwise equal to the uninterrupted run, logs included.
+    trainer.run(dir_, progress=False)
+    assert "Resumed from step 30" in capsys.readouterr().out
+    (ref, ref_step), (got, got_step) = _final_state(trainer, ref_dir), _final_state(trainer, dir_)
+    assert ref_step == got_step == 40
+    jax.tree.map(np.testing.assert_array_equal, got, ref)
+    assert _read(os.path.join(dir_, "metrics.jsonl")) == _read(
+        os.path.join(ref_dir, "metrics.jsonl")
+    )
+
+
+def test_restore_into_a_different_model_names_the_parameter(tmp_path):
+    def state(width):
+        return {"params": {"dense": {"kernel": np.zeros((2, width), np.float32)}}}
+
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), data_names=())
+    ckpt.save(1, state(3), config={"model": {"width": 3}})
+    ckpt.wait()
+    restored, step = ckpt.restore(state(3))
+    assert step == 1 and restored["params"]["dense"]["kernel"].shape == (2, 3)
+    with pytest.raises(
+        ckpt_lib.CheckpointMismatchError,
+        match=r"params/dense/kernel has shape \(2, 3\) in the checkpoint but \(2, 4\)",
+    ):
+        ckpt.restore(state(4))
+    missing = {"params": {"dense": state(3)["params"]["dense"], "out": np.zeros(3, np.float32)}}
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="no parameter params/out"):
+        ckpt.restore(missing)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="lacks"):
+        ckpt.restore({"params": {}})
+    assert ckpt.read_json(1)[0] == {"model": {"width": 3}}
+    ckpt.close()
+
+
+def test_missing_step_lists_the_available_ones(tmp_path):
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), data_names=())
+    ckpt.save(5, {"a": np.ones(2, np.float32)}, config={})
+    ckpt.close()
+    with pytest.raises(FileNotFoundError, match=r"available steps: \[5\]"):
+        ckpt_lib.Checkpointer(str(tmp_path), read_only=True).restore({"a": np.ones(2)}, 7)

@@ -1,0 +1,142 @@
+"""The command line end to end, on tiny sizes: train a few steps, eval, sample, for each config
+family; the paper's CIFAR-10 configs by one training step on small inputs; invalid configs stop
+with one line and exit code 2."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import TINY_TOY, config_dict
+
+from score_sde.main import EXIT_CONFIG, run_job
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _report(workdir):
+    with open(os.path.join(workdir, "eval", "report.json")) as f:
+        return json.load(f)
+
+
+def test_toy_train_eval_sample_and_eval_resumes(tmp_path, capsys):
+    workdir = str(tmp_path)
+    cfg = config_dict("toy/ring8_ve.py", {**TINY_TOY, "training.snapshot_sampling": True})
+    assert run_job(cfg, workdir, mode="train", progress=False) == 0
+    out = capsys.readouterr().out
+    assert "Model mlp: 2,498 trainable parameters" in out and "Trained steps 0 to 20" in out
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
+        "samples_10.png",
+        "samples_20.png",
+    ]
+
+    assert run_job(cfg, workdir, mode="eval") == 0
+    report = _report(workdir)
+    assert sorted(report["checkpoints"]) == ["10", "20"]
+    final = report["checkpoints"]["20"]
+    for key in ("loss", "bpd", "nll_nats", "sliced_wasserstein", "energy_distance"):
+        assert np.isfinite(final[key]), key
+    # Continuous 2-D data: bpd is the NLL in bits per dimension, no pixel offset.
+    np.testing.assert_allclose(final["bpd"], final["nll_nats"] / (2 * np.log(2)), rtol=1e-5)
+    samples = np.load(os.path.join(workdir, "eval", "samples_20.npz"))["samples"]
+    assert samples.shape == (400, 2) and np.all(np.isfinite(samples))
+
+    # A second eval finds every checkpoint done and leaves the report as it was.
+    capsys.readouterr()
+    assert run_job(cfg, workdir, mode="eval") == 0
+    assert "Evaluating" not in capsys.readouterr().out and _report(workdir) == report
+
+    assert run_job(cfg, workdir, mode="sample", step=10, num_samples=16) == 0
+    got = np.load(os.path.join(workdir, "samples", "sample_10.npz"))["samples"]
+    assert got.shape == (16, 2)
+
+    # A checkpoint of another model is refused with the parameter's name.
+    wider = config_dict("toy/ring8_ve.py", {**TINY_TOY, "model.width": 32})
+    assert run_job(wider, workdir, mode="sample") == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert re.search(r"parameter params/\S+ has shape \(16,\) in the checkpoint but \(32,\)", err)
+
+
+DIGITS_TINY = {
+    "training.batch_size": 8,
+    "training.n_iters": 4,
+    "training.n_jitted_steps": 2,
+    "training.snapshot_freq": 4,
+    "training.snapshot_freq_for_preemption": 2,
+    "training.log_freq": 2,
+    "training.eval_freq": 8,  # none: the toy test covers the eval loss during training
+    "training.snapshot_sampling": False,  # the eval mode draws samples
+    "model.nf": 8,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "sampling.n_steps": 5,
+    "eval.batch_size": 64,
+    "eval.enable_loss": False,
+    "eval.num_samples": 8,
+    "eval.rtol": 1e-2,
+    "eval.atol": 1e-2,
+}
+
+
+def test_digits_unet_train_eval_sample(tmp_path):
+    """The offline default's family (sklearn digits, NCSN++ U-Net, VP) on a tiny U-Net."""
+    workdir = str(tmp_path)
+    cfg = config_dict("digits.py", DIGITS_TINY)
+    assert run_job(cfg, workdir, mode="train", progress=False) == 0
+    assert run_job(cfg, workdir, mode="eval") == 0
+    result = _report(workdir)["checkpoints"]["4"]
+    # Dequantized 8-bit images: bpd = -log2 p / D + 7 (centred data) is positive and, for an
+    # almost untrained network, far from the ~1-2 bits/dim a trained one reaches.
+    assert 2 < result["bpd"] < 30
+    np.testing.assert_allclose(result["bpd"], result["nll_nats"] / (256 * np.log(2)) + 7, rtol=1e-5)
+    grid = np.asarray(Image.open(os.path.join(workdir, "eval", result["grid"])))
+    assert grid.shape == (3 * 18 + 2, 3 * 18 + 2)  # 8 grey 16x16 samples, 3 per row, padded
+    got = np.load(os.path.join(workdir, "eval", "samples_4.npz"))["samples"]
+    assert got.shape == (8, 16, 16, 1) and got.min() >= 0 and got.max() <= 1
+
+
+# DDPM++ (VP and sub-VP differ only in the SDE) is the digits test's family; these add NCSN++
+# (FIR, residual input, Fourier features, VE) and Ho et al.'s DDPM.
+PAPER_CONFIGS = ["ve/cifar10_ncsnpp_continuous.py", "vp/cifar10_ddpm.py"]
+
+
+@pytest.mark.parametrize("config", PAPER_CONFIGS)
+def test_paper_config_trains_one_step_on_small_inputs(config, tmp_path, capsys):
+    """The CIFAR-10 architectures (narrow, two levels, one block each) on 16x16 RGB digits."""
+    small = {
+        "data.dataset": "digits",
+        "data.image_size": 16,
+        "model.nf": 8,
+        "model.ch_mult": (1, 2),
+        "model.num_res_blocks": 1,
+        "training.batch_size": 2,
+        "training.n_iters": 1,
+        "training.n_jitted_steps": 1,
+        "training.snapshot_freq": 1,
+        "training.snapshot_freq_for_preemption": 1,
+        "training.log_freq": 1,
+        "training.eval_freq": 2,  # none: the loss on an eval batch is the digits test's
+        "training.snapshot_sampling": False,
+    }
+    assert run_job(config_dict(config, small), str(tmp_path), progress=False) == 0
+    out = capsys.readouterr().out
+    assert "Trained steps 0 to 1" in out
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 1 and rows[0]["step"] == 1 and np.isfinite(rows[0]["loss"])
+
+
+def test_cli_invalid_config_is_one_line_and_exit_code_2(tmp_path):
+    config = os.path.join(ROOT, "configs", "digits.py")
+    cmd = [sys.executable, "-m", "score_sde.main", f"--config={config}", f"--workdir={tmp_path}"]
+    proc = subprocess.run(
+        [*cmd, "--config.model.beta_max=0.05"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.model.beta_max" in lines[0], proc.stderr
+    assert not os.listdir(tmp_path)  # nothing was started

@@ -1,0 +1,119 @@
+"""Data parallelism: 8 emulated CPU devices, and two jax.distributed processes on 127.0.0.1, give
+the losses and parameters of one device for the same global batch (within float tolerance)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+from test_train import TINY_TOY, as_flags, tiny_toy_config
+
+from score_sde import train as train_lib
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+OVERRIDES = {"training.n_iters": 20, "training.eval_freq": 10, "training.log_freq": 5}
+
+
+def _losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {(r["step"], k): v for r in rows for k, v in r.items() if "loss" in k}
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **extra)
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
+EIGHT_DEVICES = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np
+    from test_train import TINY_TOY, as_flags, tiny_toy_config
+    from score_sde import train
+    assert jax.device_count() == 8, jax.devices()
+    cfg = tiny_toy_config(**{overrides!r})
+    out = {{}}
+    for n in (8, 1):
+        mesh = train.make_mesh(jax.devices()[:n])
+        state = train.Trainer(cfg, mesh=mesh).run(f"{{sys.argv[1]}}/{{n}}", progress=False)
+        w = state.params
+        out[n] = dict(
+            shards=len(jax.tree.leaves(w)[0].sharding.device_set),
+            params=[np.asarray(a).tolist() for a in jax.tree.leaves(w)],
+        )
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_eight_devices_match_one_device(tmp_path):
+    script = EIGHT_DEVICES.format(overrides=OVERRIDES)
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT")[-1])
+    assert out["8"]["shards"] == 8 and out["1"]["shards"] == 1
+    one, eight = _losses(str(tmp_path / "1")), _losses(str(tmp_path / "8"))
+    assert sorted(one) == sorted(eight) and len(one) == 6  # 4 train + 2 eval losses
+    for key in one:
+        np.testing.assert_allclose(eight[key], one[key], rtol=1e-5, err_msg=str(key))
+    for a, b in zip(out["8"]["params"], out["1"]["params"], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    """Two jax.distributed processes (one CPU device each), each reading its half of every
+    global batch, train like one process reading whole batches."""
+    config = os.path.join(ROOT, "configs", "toy", "ring8_vp.py")
+    port, workdir = _free_port(), str(tmp_path / "two")
+    tiny = tiny_toy_config(**OVERRIDES)
+    flags = [
+        f"--config={config}",
+        f"--workdir={workdir}",
+        "--multihost",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        "--progress=false",
+        *as_flags({**TINY_TOY, **OVERRIDES, "training.snapshot_sampling": True}),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "score_sde.main", *flags, f"--process_id={i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outs[0][0] and "Model" not in outs[1][0]  # only process 0 prints
+    assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
+        "samples_10.png",
+        "samples_20.png",
+    ]
+
+    state = train_lib.train(tiny, str(tmp_path / "one"), progress=False)
+    one, two = _losses(str(tmp_path / "one")), _losses(workdir)
+    assert sorted(one) == sorted(two) and len(one) == 6
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=str(key))
+    assert jax.process_count() == 1 and int(state.step) == 20
