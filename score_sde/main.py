@@ -11,6 +11,7 @@ The console script ``score-sde`` takes the same flags.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -115,9 +116,44 @@ def run_job(
     return 0
 
 
+def _config_package_root(argv: list[str]) -> str | None:
+    """The folder holding the ``configs`` package of the ``--config`` file, if any: config
+    files under configs/vp/ etc. import ``configs.default_*``."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        else:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        while folder != os.path.dirname(folder):
+            if os.path.isfile(os.path.join(folder, "configs", "__init__.py")):
+                return folder
+            folder = os.path.dirname(folder)
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad ``--config.<field>=`` override reported in one line
+    (exit code 2) rather than as ml_collections' traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        sys.exit(f"FATAL Flags parsing error: {err}\nPass --helpfull to see all flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        text = str(err).encode().decode("unicode_escape")  # ml_collections quotes twice
+        message = " ".join(text.replace("'", " ").split())
+        print(f"Invalid config override: no such field or bad value: {message}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
 def run() -> None:
-    """Entry point of the ``score-sde`` console script."""
-    app.run(main)
+    """Entry point of ``python -m score_sde.main`` and of the ``score-sde`` console script."""
+    root = _config_package_root(sys.argv)
+    if root is not None and root not in sys.path:
+        sys.path.insert(0, root)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

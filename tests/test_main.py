@@ -140,3 +140,21 @@ def test_cli_invalid_config_is_one_line_and_exit_code_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "config.model.beta_max" in lines[0], proc.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path):
+    """``score-sde`` finds the ``configs`` package of a config under configs/vp/ from any
+    folder, and a misspelt override is one line naming the field (exit code 2)."""
+    script = os.path.join(os.path.dirname(sys.executable), "score-sde")
+    config = os.path.join(ROOT, "configs", "vp", "cifar10_ddpm.py")
+    base = [script, f"--config={config}", f"--workdir={tmp_path / 'run'}"]
+    typo = subprocess.run(
+        [*base, "--config.model.bta_max=1"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert typo.returncode == 2 and typo.stderr.count("\n") == 1, typo.stderr
+    assert "bta_max" in typo.stderr and 'Did you mean "beta_max"' in typo.stderr
+    invalid = subprocess.run(
+        [*base, "--config.model.sigma_min=-1"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert invalid.returncode == 2 and "config.model.sigma_min=-1.0 must be > 0" in invalid.stderr
+    assert not (tmp_path / "run").exists()
