@@ -100,28 +100,12 @@ def set_ddpmpp(model, num_res_blocks):
 
 
 def set_ncsnpp(model, num_res_blocks):
-    """NCSN++ (VE): score output divided by sigma, Gaussian Fourier embedding of log sigma."""
-    model.name = "ncsnpp"
+    """NCSN++ (VE): DDPM++ with score output divided by sigma, FIR resampling, residual input
+    and a Gaussian Fourier embedding of log sigma."""
+    set_ddpmpp(model, num_res_blocks)
     model.parameterization = "score"
     model.scale_by_sigma = True
     model.ema_rate = 0.999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = num_res_blocks
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
     model.fir = True
-    model.fir_kernel = (1, 3, 3, 1)
-    model.skip_rescale = True
-    model.resblock_type = "biggan"
-    model.progressive = "none"
     model.progressive_input = "residual"
-    model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
-    model.init_scale = 0.0
     model.embedding_type = "fourier"
-    model.fourier_scale = 16.0
-    model.conv_size = 3

@@ -111,6 +111,7 @@ class ModelConfig:
     # training
     dropout: float = 0.1
     ema_rate: float = 0.9999
+    ema_warmup: bool = False  # decay min(ema_rate, (1 + n) / (10 + n)) at update n: short runs
     parameterization: str = "score"  # "score", "eps" or "x0"
     # NCSN++ / DDPM++ / DDPM
     scale_by_sigma: bool = False

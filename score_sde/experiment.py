@@ -126,15 +126,22 @@ class Experiment:
         return datasets.get_data_inverse_scaler(self.cfg.data.centered)(x)
 
     def prepare_batch(self, batch: dict, rng: Array) -> tuple[Array, Array | None]:
-        """(scaled x, labels or None); with ``training.label_dropout`` p a label is replaced by
-        the null class ``num_classes`` with probability p (classifier-free guidance)."""
-        x = self.scaler(batch["x"])
+        """(scaled x, labels or None). With ``data.uniform_dequantization``, 8-bit images get
+        uniform noise within their pixel level first (``datasets.dequantize``), so the model
+        learns a density whose bits/dim is meaningful; with ``training.label_dropout`` p a
+        label is replaced by the null class ``num_classes`` with probability p
+        (classifier-free guidance)."""
+        deq_key, drop_key = jax.random.split(rng)
+        x = batch["x"]
+        if self.cfg.data.uniform_dequantization and len(self.data_shape) == 3:
+            x = datasets.dequantize(deq_key, x)
+        x = self.scaler(x)
         if self.cfg.model.num_classes == 0:
             return x, None
         y = batch["label"]
         p = self.cfg.training.label_dropout
         if p > 0:
-            drop = rng_lib.uniform(rng, y.shape[0]) < p
+            drop = rng_lib.uniform(drop_key, y.shape[0]) < p
             y = jnp.where(drop, self.cfg.model.num_classes, y)
         return x, y
 

@@ -38,9 +38,16 @@ def make_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> 
     return np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+MIN_CELL = 48  # pixels: smaller images are enlarged (nearest neighbour) in PNG grids
+
+
 def save_image_grid(path: str, images: np.ndarray, ncol: int | None = None) -> str:
-    """Write images [N, H, W, C] in [0, 1] as one PNG grid at ``path``; returns the path."""
-    grid = make_grid(images, ncol)
+    """Write images [N, H, W, C] in [0, 1] as one PNG grid at ``path``; returns the path.
+    Images smaller than ``MIN_CELL`` pixels are enlarged by an integer factor, so that a grid of
+    16x16 digits can be read."""
+    images = np.asarray(images)
+    scale = max(1, math.ceil(MIN_CELL / max(images.shape[1:3])))
+    grid = make_grid(images.repeat(scale, axis=1).repeat(scale, axis=2), ncol)
     if grid.shape[-1] == 1:
         grid = grid[..., 0]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

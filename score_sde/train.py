@@ -140,6 +140,17 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
+def ema_decay(ema_rate: float, step: Array, warmup: bool) -> float | Array:
+    """The EMA decay of update ``step`` (0-based): ``ema_rate``, or with ``warmup``
+    min(ema_rate, (1 + step) / (10 + step)) as TF's ExponentialMovingAverage with num_updates,
+    so that a short run's EMA forgets the random initialisation (0.9999^n does not for n << 1e4).
+    """
+    if not warmup:
+        return ema_rate
+    step = step.astype(jnp.float32)
+    return jnp.minimum(ema_rate, (1 + step) / (10 + step))
+
+
 def make_train_step(
     loss_builder: LossBuilder,
     optimizer: optax.GradientTransformation,
@@ -147,6 +158,7 @@ def make_train_step(
     mesh,
     prepare_batch: Callable[[dict, Array], tuple[Array, Array | None]],
     *,
+    ema_warmup: bool = False,
     scan: bool | None = None,
 ):
     """``step_fn(state, batches) -> (state, metrics)``: one optimiser step per leading index of
@@ -154,7 +166,7 @@ def make_train_step(
     state is donated. ``prepare_batch(batch, rng) -> (x, y)`` scales the data and draws label
     dropout. ``metrics`` holds per-step ``loss``, ``grad_norm``, ``finite`` and ``bad_steps``
     [k]. A step with a non-finite loss or gradient leaves params, EMA and optimiser state
-    unchanged and is counted."""
+    unchanged and is counted. The EMA decay is ``ema_decay(ema_rate, step, ema_warmup)``."""
 
     def one_step(state: TrainState, batch: dict):
         key = stream_key(jax.random.wrap_key_data(state.rng), "train", state.step)
@@ -167,9 +179,8 @@ def make_train_step(
         def update(_):
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            ema = jax.tree.map(
-                lambda e, p: ema_rate * e + (1 - ema_rate) * p, state.ema_params, params
-            )
+            decay = ema_decay(ema_rate, state.step, ema_warmup)
+            ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
             return params, ema, opt_state
 
         # A conditional, not a select per leaf: XLA compiles selects over every leaf very slowly.
@@ -264,6 +275,7 @@ class Trainer:
             cfg.model.ema_rate,
             self.mesh,
             self.exp.prepare_batch,
+            ema_warmup=cfg.model.ema_warmup,
         )
         self.eval_fn = make_eval_loss(
             self.exp.loss_builder(train=False), self.mesh, self.exp.prepare_batch

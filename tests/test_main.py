@@ -94,7 +94,8 @@ def test_digits_unet_train_eval_sample(tmp_path):
     assert 2 < result["bpd"] < 30
     np.testing.assert_allclose(result["bpd"], result["nll_nats"] / (256 * np.log(2)) + 7, rtol=1e-5)
     grid = np.asarray(Image.open(os.path.join(workdir, "eval", result["grid"])))
-    assert grid.shape == (3 * 18 + 2, 3 * 18 + 2)  # 8 grey 16x16 samples, 3 per row, padded
+    # 8 grey 16x16 samples, 3 per row, enlarged 3x to 48x48 and padded by 2
+    assert grid.shape == (3 * 50 + 2, 3 * 50 + 2)
     got = np.load(os.path.join(workdir, "eval", "samples_4.npz"))["samples"]
     assert got.shape == (8, 16, 16, 1) and got.min() >= 0 and got.max() <= 1
 

@@ -151,6 +151,25 @@ def test_scan_and_loop_agree_on_the_mlp():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), *out.values())
 
 
+def test_ema_warmup_decay_follows_min_rate_and_step_ratio():
+    """With warm-up, update n uses decay min(rate, (1 + n) / (10 + n)): the first update keeps
+    only 1/10 of the initial EMA; without it, the decay is the rate from the start."""
+    xs = [[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0], [2.0, 2.0, 2.0]]
+    optimizer = train_lib.make_optimizer(OptimConfig(lr=LR, warmup=WARMUP, grad_clip=0.0))
+    state, _, mesh = _setup()
+    step_fn = train_lib.make_train_step(
+        quadratic_builder, optimizer, EMA, mesh, _prepare, ema_warmup=True
+    )
+    ema = np.asarray(state.ema_params["w"], np.float64)
+    for n, x in enumerate(xs):
+        state, _ = step_fn(state, _batches([x], mesh))
+        decay = min(EMA, (1 + n) / (10 + n))
+        ema = decay * ema + (1 - decay) * np.asarray(state.params["w"], np.float64)
+    np.testing.assert_allclose(np.asarray(state.ema_params["w"]), ema, rtol=1e-5)
+    assert float(train_lib.ema_decay(0.999, jnp.asarray(10_000), True)) == np.float32(0.999)
+    assert train_lib.ema_decay(0.999, jnp.asarray(0), False) == 0.999
+
+
 def test_ema_is_a_copy_with_its_own_buffers():
     state, step_fn, mesh = _setup()
     ptr = lambda a: a.addressable_shards[0].data.unsafe_buffer_pointer()
@@ -210,3 +229,23 @@ def test_job_stops_after_nonfinite_streak_and_keeps_last_checkpoint(tmp_path):
     assert ckpt.all_steps()[-1] == 10
     again = _host(ckpt.restore(trainer.initial_state())[0])
     jax.tree.map(np.testing.assert_array_equal, again, saved)
+
+
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_uniform_dequantization_noises_each_pixel_within_its_level(dequantize):
+    """data.uniform_dequantization: the model sees (255 x + u) / 256, u ~ U[0, 1), scaled to
+    [-1, 1]; without it, exactly the 8-bit levels."""
+    small = {"model.nf": 8, "model.ch_mult": (1, 2), "model.attn_resolutions": ()}
+    cfg = config_dict("digits.py", {**small, "data.uniform_dequantization": dequantize})
+    exp = experiment_lib.Experiment.create(from_config_dict(cfg, device_count=1))
+    batch = next(exp.data_iterator("train", batch_size=16))
+    x, y = exp.prepare_batch(batch, jax.random.key(3))
+    assert y is None
+    chex.assert_shape(x, (16, 16, 16, 1))
+    levels = np.round(np.asarray(batch["x"]) * 255)
+    u = (np.asarray(x, np.float64) + 1) / 2 * 256 - levels  # the noise within the level
+    if dequantize:
+        assert u.min() >= -1e-4 and u.max() < 1 + 1e-4
+        assert abs(u.mean() - 0.5) < 0.02 and abs(u.var() - 1 / 12) < 0.01
+    else:
+        np.testing.assert_allclose(u, levels / 255, atol=1e-4)  # 256 k/255 - k = k/255
