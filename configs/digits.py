@@ -35,8 +35,12 @@ def get_config():
     evaluate.bpd_split = "test"
     evaluate.enable_sampling = True
     evaluate.num_samples = 64
+    # Loose tolerances keep the eval to ~2 min. They need a later start than the paper's 1e-5:
+    # measured on this model, 32 test images, bits/dim at (rtol, eps) = (1e-5, 1e-5): 2.03,
+    # (1e-5, 1e-3): 2.01, (1e-3, 1e-3): 1.99, but (1e-3, 1e-5): -0.40 (the stiff start wrecks it).
     evaluate.rtol = 1e-3
     evaluate.atol = 1e-3
+    evaluate.eps = 1e-3
 
     data = config.data
     data.dataset = "digits"
