@@ -16,6 +16,7 @@ from test_train import TINY_TOY, config_dict
 from score_sde.main import EXIT_CONFIG, run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # end-to-end jobs: CI runs them on python3 (3.11) only
 
 
 def _report(workdir):

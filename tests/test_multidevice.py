@@ -10,9 +10,12 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 from test_train import TINY_TOY, as_flags, tiny_toy_config
 
 from score_sde import train as train_lib
+
+pytestmark = pytest.mark.slow  # subprocess jobs: CI runs them on python3 (3.11) only
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
