@@ -265,12 +265,14 @@ class _BetaSchedule(SDE):
 
     def discrete_betas(self) -> Array:
         """beta_k of the discrete chain: DDPM's linspace(beta_min/N, beta_max/N, N), or the
-        iDDPM cosine betas 1 - alphabar(k/N)/alphabar((k-1)/N), clipped at 0.999."""
+        iDDPM cosine betas 1 - alphabar(k/N)/alphabar((k-1)/N); both clipped at 0.999, as
+        iDDPM does, so that a short chain (N <= beta_max: beta_max/N >= 1) stays defined."""
         if self.schedule == "cosine":
             k = jnp.arange(self.N + 1) / self.N
             abar = jnp.exp(2 * self.log_mean_coeff(k))
             return jnp.minimum(1 - abar[1:] / abar[:-1], 0.999)
-        return jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+        betas = jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
+        return jnp.minimum(betas, 0.999)
 
     def langevin_alpha(self, t: Array) -> Array:
         return 1.0 - self.discrete_betas()[self.step_index(t)]

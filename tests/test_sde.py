@@ -80,6 +80,20 @@ def test_ddpm_chain():
     np.testing.assert_allclose(f[:, 0], np.sqrt(1 - betas) - 1, rtol=1e-12)
 
 
+def test_short_ddpm_chain_is_clipped_and_samples_stay_finite():
+    """With N <= beta_max the linear betas beta_max / N reach 1 (sqrt(1 - beta) is NaN): they
+    are clipped at 0.999, as iDDPM's, and the chain's samplers stay finite."""
+    from score_sde import analytic, sampling
+
+    vp = sde_lib.VPSDE(N=10)
+    betas = np.asarray(vp.discrete_betas())
+    np.testing.assert_allclose(betas, np.minimum(np.linspace(0.01, 2.0, 10), 0.999), rtol=1e-12)
+    gm = analytic.GaussianMixture.isotropic([1.0], [[1.0, -1.0]], 0.5)
+    for method, options in [("ancestral", {}), ("pc", {"corrector": "ald"})]:
+        x, _ = sampling.sample(jax.random.key(0), vp, gm.score_fn(vp), (64, 2), method, **options)
+        assert np.isfinite(np.asarray(x)).all(), method
+
+
 def test_smld_chain():
     ve = sde_lib.VESDE(N=10)
     sigmas = np.geomspace(0.01, 50.0, 10)
