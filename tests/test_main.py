@@ -160,3 +160,28 @@ def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path)
     )
     assert invalid.returncode == 2 and "config.model.sigma_min=-1.0 must be > 0" in invalid.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_beside_training_picks_up_checkpoints_as_they_appear(tmp_path):
+    """An eval job started before training finishes waits, evaluates each new snapshot as it
+    lands, and stops once the final step is evaluated."""
+    import threading
+
+    from score_sde.config import from_config_dict
+    from score_sde.evaluate import evaluate
+    from score_sde.train import train
+
+    workdir = str(tmp_path)
+    first = config_dict("toy/ring8_vp.py", {**TINY_TOY, "training.n_iters": 10})
+    full = from_config_dict(config_dict("toy/ring8_vp.py", TINY_TOY), device_count=1)
+    train(from_config_dict(first, device_count=1), workdir, progress=False)  # snapshot 10
+    result = {}
+    job = threading.Thread(
+        target=lambda: result.update(evaluate(full, workdir, poll_seconds=0.2, timeout_seconds=120))
+    )
+    job.start()
+    train(full, workdir, progress=False)  # resumes at 10, writes 20 while eval waits
+    job.join(timeout=300)
+    assert not job.is_alive()
+    assert sorted(result["checkpoints"], key=int) == ["10", "20"]
+    assert result["latest"]["step"] == 20 and np.isfinite(result["latest"]["bpd"])
