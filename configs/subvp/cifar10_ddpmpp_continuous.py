@@ -1,20 +1,11 @@
-"""DDPM++ cont. (sub-VP) on CIFAR-10: FID 2.61, 3.02 bits/dim (Song et al. 2021, Tables 2–3)."""
+"""DDPM++ cont. (sub-VP) on CIFAR-10: FID 2.61, 3.02 bits/dim (Song et al. 2021, Tables 2–3).
 
-from configs.default_cifar10_configs import get_default_configs, set_ddpmpp
+The VP config with the sub-VP SDE: nothing else differs."""
+
+from configs.vp.cifar10_ddpmpp_continuous import get_config as get_vp_config
 
 
 def get_config():
-    config = get_default_configs()
-    training = config.training
-    training.sde = "subvpsde"
-    training.continuous = True
-    training.reduce_mean = True
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "euler_maruyama"
-    sampling.corrector = "none"
-
-    config.data.centered = True
-    set_ddpmpp(config.model, num_res_blocks=4)
+    config = get_vp_config()
+    config.training.sde = "subvpsde"
     return config

@@ -1,21 +1,11 @@
-"""DDPM++ cont. deep (sub-VP) on CIFAR-10: FID 2.41, 2.99 bits/dim (Song et al. 2021, Table 3)."""
+"""DDPM++ cont. deep (sub-VP) on CIFAR-10: FID 2.41, 2.99 bits/dim (Song et al. 2021, Table 3).
 
-from configs.default_cifar10_configs import get_default_configs, set_ddpmpp
+The VP config with the sub-VP SDE: nothing else differs."""
+
+from configs.vp.cifar10_ddpmpp_deep_continuous import get_config as get_vp_config
 
 
 def get_config():
-    config = get_default_configs()
-    training = config.training
-    training.sde = "subvpsde"
-    training.continuous = True
-    training.reduce_mean = True
-    training.n_iters = 950_001
-
-    sampling = config.sampling
-    sampling.method = "pc"
-    sampling.predictor = "euler_maruyama"
-    sampling.corrector = "none"
-
-    config.data.centered = True
-    set_ddpmpp(config.model, num_res_blocks=8)
+    config = get_vp_config()
+    config.training.sde = "subvpsde"
     return config
