@@ -49,11 +49,20 @@ def _run(rng, sde, score_fn, *, method, shape, options):
 
 
 def sample(rng, sde, score_fn, shape, method: str = "pc", **options):
-    """Draw ``shape[0]`` samples with ``method``; returns (samples, nfe).
+    """Draw ``shape[0]`` samples with ``method``; returns (samples, nfe), or (samples, nfe,
+    trajectory) when ``save_at=(t1, t2, ...)`` asks for the states at those times.
 
     Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
     """
     _check_options(method, options)
+    for name, value in options.items():
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"option {name}={value!r} must be hashable (options are static under jit): "
+                "pass a tuple instead of a list or array."
+            ) from None
     if not isinstance(score_fn, Partial):
         score_fn = Partial(score_fn)
     options = tuple(sorted(options.items()))

@@ -10,8 +10,9 @@ to sample, increasing to invert data to noise). Three spacings:
 Trajectory recording. Every sampler of this package accepts ``save_at=(t1, t2, ...)``; when it is
 not empty the sampler returns ``(samples, nfe, trajectory)`` with ``trajectory[j]`` the state at
 time ``save_at[j]``: exact on a grid node, linearly interpolated in t between the two nodes that
-bracket it otherwise (as diffrax's dense ``SaveAt(ts=...)``). A sampler calls ``trajectory_init``
-once, ``record`` after each step with the step's two end points, and ``outputs`` to return.
+bracket it otherwise (the adaptive ``ode`` sampler saves diffrax's dense interpolant instead).
+A sampler calls ``trajectory_init`` once, ``record`` after each step with the step's two end
+points, and ``outputs`` to return.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def record(traj, save_at, t_cur, t_next, x_cur, x_next, valid=None):
     if valid is not None:
         inside = inside & valid[None]
     w = jnp.where(tn != tc, (s - tc) / jnp.where(tn != tc, tn - tc, 1.0), 1.0)
-    interp = jax.vmap(lambda wj: x_cur + batch_mul(wj, x_next - x_cur))(w)
+    interp = jax.vmap(lambda wj: batch_mul(1 - wj, x_cur) + batch_mul(wj, x_next))(w)
     return jnp.where(inside.reshape(inside.shape + (1,) * (x_cur.ndim - 1)), interp, traj)
 
 

@@ -8,6 +8,9 @@ t_{k+1} THEN ``n_corrector_steps`` corrector moves at t_{k+1}. The result is a s
 DDPM and SMLD equals the mean of the chain's last step. One score evaluation per predictor and
 corrector move and one for denoising; ``nfe`` counts them.
 
+``save_at=(t1, ...)`` records the states x_t on the grid (``score_sde.sampling.grids``), before
+denoising, which is not a time step: the times must lie in [eps, T].
+
 Every random draw is per example (``score_sde.rng``), keyed by (rng, step, move): sample i
 depends only on (rng, i), never on the batch size.
 """
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 
 from score_sde import parameterization
 from score_sde import rng as rng_lib
+from score_sde.sampling import grids
 from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -126,7 +130,8 @@ def pc_sampler(
     eps: float | None = None,
     denoise: bool = True,
     probability_flow: bool = False,
-) -> tuple[Array, Array]:
+    save_at: tuple = (),
+) -> tuple[Array, ...]:
     """Predictor–corrector sampling, predictor then corrector (Song et al. 2021, Algorithm 1).
 
     Args:
@@ -143,36 +148,43 @@ def pc_sampler(
       eps: last time of the grid (default ``sde.sampling_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
       denoise: return E[x_0 | x_eps] (Tweedie, 1 more score evaluation) instead of x_eps.
       probability_flow: predict with the probability-flow ODE (c = 1/2, no noise).
+      save_at: times in [eps, T] at which to record x_t (after each step's corrector moves,
+        linear in t between grid points; before denoising).
 
     Returns (samples, nfe) with nfe = (n_steps - 1)(predictor + n_corrector_steps
-    corrector evaluations) + denoise.
+    corrector evaluations) + denoise; with ``save_at``, (samples, nfe, trajectory), the
+    trajectory of shape [len(save_at), *shape].
     """
     n_steps = sde.N if n_steps is None else n_steps
     _check(predictor, corrector, n_steps, n_corrector_steps, probability_flow)
     sde = sde.with_steps(n_steps)
     eps = sde.sampling_eps if eps is None else eps
+    grids.check_save_at(save_at, sde.T, eps)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     ts = jnp.linspace(sde.T, eps, n_steps)
     n_moves = n_corrector_steps if corrector != "none" else 0
     prior_key, step_key = jax.random.split(rng)
 
-    def step(x, k):
+    def step(carry, k):
+        x, traj = carry
         key = jax.random.fold_in(step_key, k)
         t, t_next = (jnp.full(shape[:1], s, x.dtype) for s in (ts[k], ts[k + 1]))
-        x = predict(jax.random.fold_in(key, 0), sde, score_fn, x, t, t_next, probability_flow)
+        x_next = predict(jax.random.fold_in(key, 0), sde, score_fn, x, t, t_next, probability_flow)
 
         def corrector_move(j, x):
             return correct(jax.random.fold_in(key, j + 1), sde, score_fn, x, t_next, snr)
 
-        return jax.lax.fori_loop(0, n_moves, corrector_move, x), None
+        x_next = jax.lax.fori_loop(0, n_moves, corrector_move, x_next)
+        return (x_next, grids.record(traj, save_at, ts[k], ts[k + 1], x, x_next)), None
 
     x = sde.prior_sampling(prior_key, shape)
-    x, _ = jax.lax.scan(step, x, jnp.arange(n_steps - 1))
+    init = (x, grids.trajectory_init(save_at, x))
+    (x, traj), _ = jax.lax.scan(step, init, jnp.arange(n_steps - 1))
     if denoise:
         t = jnp.full(shape[:1], eps, x.dtype)
         x = parameterization.tweedie_denoise(sde, score_fn(x, t), x, t)
     per_step = (predictor != "none") + n_moves
-    return x, jnp.asarray((n_steps - 1) * per_step + denoise)
+    return grids.outputs(x, jnp.asarray((n_steps - 1) * per_step + denoise), traj)
 
 
 def euler_maruyama_sampler(
@@ -184,11 +196,12 @@ def euler_maruyama_sampler(
     n_steps: int | None = None,
     eps: float | None = None,
     denoise: bool = True,
-) -> tuple[Array, Array]:
+    save_at: tuple = (),
+) -> tuple[Array, ...]:
     """Euler–Maruyama on the reverse SDE (Song et al. 2021, Eq. 6), dt = t_{k+1} - t_k."""
     return pc_sampler(
         rng, sde, score_fn, shape, predictor="euler_maruyama", corrector="none",
-        n_steps=n_steps, eps=eps, denoise=denoise,
+        n_steps=n_steps, eps=eps, denoise=denoise, save_at=save_at,
     )  # fmt: skip
 
 
@@ -201,10 +214,11 @@ def ancestral_sampler(
     n_steps: int | None = None,
     eps: float | None = None,
     denoise: bool = True,
-) -> tuple[Array, Array]:
+    save_at: tuple = (),
+) -> tuple[Array, ...]:
     """Ancestral sampling: DDPM for VP, SMLD's analogue for VE (Song et al. 2021, Eq. 47), the
     Tweedie posterior step for other SDEs (``sde.ancestral_step``)."""
     return pc_sampler(
         rng, sde, score_fn, shape, predictor="ancestral", corrector="none",
-        n_steps=n_steps, eps=eps, denoise=denoise,
+        n_steps=n_steps, eps=eps, denoise=denoise, save_at=save_at,
     )  # fmt: skip
