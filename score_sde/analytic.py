@@ -79,17 +79,22 @@ class GaussianMixture:
         """The exact ``score_fn(x, t)`` of this mixture diffused by ``sde``."""
         return lambda x, t: self.score(x, sde, t)
 
-    def sample(self, rng: jax.Array, n: int) -> jax.Array:
-        """n exact samples: [n, D]; sample i depends only on (rng, i)."""
+    def sample_labelled(self, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        """n exact samples and their components: ([n, D], int [n]); sample i depends only on
+        (rng, i)."""
         keys = rng_lib.example_keys(rng, n)
         chols = jnp.linalg.cholesky(self.covs)
 
         def one(key):
             kc, kz = jax.random.split(key)
             k = jax.random.categorical(kc, jnp.log(self.weights))
-            return self.means[k] + chols[k] @ jax.random.normal(kz, (self.dim,))
+            return self.means[k] + chols[k] @ jax.random.normal(kz, (self.dim,)), k
 
         return jax.vmap(one)(keys)
+
+    def sample(self, rng: jax.Array, n: int) -> jax.Array:
+        """n exact samples: [n, D]; sample i depends only on (rng, i)."""
+        return self.sample_labelled(rng, n)[0]
 
     def responsibilities(self, x: jax.Array) -> jax.Array:
         """Posterior component probabilities p(k | x): [B, K] under the data distribution."""

@@ -67,6 +67,9 @@ class SamplingConfig:
     probability_flow: bool = False
     n_steps: int | None = None  # None: the method's default (model.num_scales for pc)
     eps: float | None = None  # end time; None: the SDE's default
+    # Class-conditional models: samples cycle through the classes; a scale w != 1 samples with
+    # classifier-free guidance s(x, null) + w (s(x, y) - s(x, null)) (needs label_dropout > 0).
+    guidance_scale: float = 1.0
     # Other keyword options of the method, e.g. {"eta": 0.5} for ddim or {"rtol": 1e-3} for ode.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 

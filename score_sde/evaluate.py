@@ -12,6 +12,12 @@ last one) with the EMA parameters:
 - ``samples``: ``eval.num_samples`` samples (a grid PNG and an .npz); for vector data also the
   sliced Wasserstein and energy distances to the held-out split (image FID is a later issue).
 
+Class-conditional score models sample the classes in turn (``sampling.guidance_scale``) and
+score log p(x | y) with the data's labels; on a labelled mixture, ``class_accuracy`` is the
+fraction of samples whose most probable component is the label asked for. A classifier
+(``model.name="classifier"``) reports its cross-entropy ``loss`` and ``accuracy`` at t ~ U(eps, T)
+and ``accuracy_clean`` at t = ``training.eps``.
+
 Results go to ``<workdir>/eval/report.json``, written after each checkpoint. A rerun skips the
 checkpoints already there (it resumes where it stopped); with ``eval.end_ckpt = -1`` it waits for
 new checkpoints until the final step is evaluated, so it can run beside training.
@@ -25,14 +31,17 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpoint as ckpt_lib
-from score_sde import datasets, likelihood, metrics
+from score_sde import datasets, likelihood, losses, metrics
 from score_sde import experiment as experiment_lib
+from score_sde import rng as rng_lib
 from score_sde import runlog as runlog_lib
 from score_sde import train as train_lib
 from score_sde.config import ExperimentConfig
+from score_sde.datasets.synthetic import MIXTURES
 from score_sde.experiment import Experiment, stream_key
 
 REPORT = "report.json"
@@ -73,6 +82,7 @@ class Loaded:
         rep = train_lib.replicated(self.mesh)
         self.losses = jax.jit(self._losses, out_shardings=rep)
         self.logp = jax.jit(self._logp, out_shardings=rep)
+        self.correct = jax.jit(self._correct, out_shardings=rep)
 
     def restore(self, step: int | None = None) -> tuple[train_lib.TrainState, int]:
         return self.ckpt.restore(self.target, step)
@@ -100,7 +110,8 @@ class Loaded:
         deq_key, ode_key = jax.random.split(key)
         if images:
             x = datasets.dequantize(deq_key, x)
-        score_fn = exp.score_fn(state.ema_params, state.rest)
+        labels = batch["label"] if exp.conditional else None  # log p(x | y)
+        score_fn = exp.score_fn(state.ema_params, state.rest, labels)
         lp, nfe = likelihood.log_likelihood(
             ode_key, exp.sde, score_fn, exp.scaler(x), rtol=ec.rtol, atol=ec.atol, eps=ec.eps
         )
@@ -110,6 +121,22 @@ class Loaded:
         else:  # continuous data: -log2 p / D, no offset
             bpd = likelihood.bits_per_dim(lp, x.shape, data_range=(0.0, 1.0), levels=1)
         return lp, bpd, nfe, batch["mask"]
+
+    def _correct(self, state, batch, index):
+        """A classifier's hits [B] at t ~ U(eps, T) and at t = eps, and the mask [B]."""
+        key = stream_key(jax.random.wrap_key_data(state.rng), "eval_loss", index)
+        data_key, t_key, noise_key = jax.random.split(key, 3)
+        x, y = self.exp.prepare_batch(batch, data_key)
+        logits_fn = self.exp.logits_fn(state.ema_params, state.rest)
+        model = lambda params, x, t, y, rng: logits_fn(x, t)
+        eps, batch_size = self.cfg.training.eps, x.shape[0]
+
+        def hits(t):
+            logits = losses.noisy_logits(noise_key, self.exp.sde, model, None, x, t)
+            return jnp.argmax(logits, axis=-1) == y
+
+        t = rng_lib.uniform(t_key, batch_size, eps, self.exp.sde.T)
+        return hits(t), hits(jnp.full((batch_size,), eps)), batch["mask"]
 
 
 def _host(tree):
@@ -125,6 +152,19 @@ def eval_loss(loaded: Loaded, state) -> float:
         loss, mask = _host(loaded.losses(state, batch, i))
         values.append(loss[mask])
     return float(np.mean(np.concatenate(values)))
+
+
+def eval_accuracy(loaded: Loaded, state) -> dict:
+    """A classifier's accuracy over the eval split, at t ~ U(eps, T) and at t = eps."""
+    noisy, clean = [], []
+    for i, batch in loaded.batches():
+        hit, hit_clean, mask = _host(loaded.correct(state, batch, i))
+        noisy.append(hit[mask])
+        clean.append(hit_clean[mask])
+    return {
+        "accuracy": float(np.mean(np.concatenate(noisy))),
+        "accuracy_clean": float(np.mean(np.concatenate(clean))),
+    }
 
 
 def eval_bpd(loaded: Loaded, state, step: int) -> dict:
@@ -151,7 +191,13 @@ def draw_samples(loaded: Loaded, state, step: int, n: int) -> np.ndarray:
     exp, bs = loaded.exp, loaded.cfg.eval.batch_size
     key = stream_key(jax.random.key(loaded.cfg.seed), "sample", step)
     out = [
-        exp.sample(state.ema_params, state.rest, jax.random.fold_in(key, i), min(bs, n - i * bs))
+        exp.sample(
+            state.ema_params,
+            state.rest,
+            jax.random.fold_in(key, i),
+            min(bs, n - i * bs),
+            start=i * bs,
+        )
         for i in range(math.ceil(n / bs))
     ]
     return np.concatenate(out)[:n]
@@ -180,6 +226,10 @@ def sample_quality(loaded: Loaded, state, step: int, out_dir: str) -> dict:
         m = min(len(reference), len(samples))
         result["sliced_wasserstein"] = float(metrics.sliced_wasserstein(key, samples, reference))
         result["energy_distance"] = float(metrics.energy_distance(samples[:m], reference[:m]))
+        mixture = MIXTURES.get(loaded.cfg.data.dataset)
+        if loaded.exp.conditional and mixture is not None:
+            best = np.argmax(np.asarray(jax.jit(mixture().responsibilities)(samples)), axis=1)
+            result["class_accuracy"] = float(np.mean(best == loaded.exp.sample_labels(0, n)))
     if jax.process_index() == 0:
         np.savez_compressed(os.path.join(out_dir, f"samples_{step}.npz"), samples=samples)
         png = runlog_lib.save_samples_png(
@@ -197,6 +247,8 @@ def evaluate_checkpoint(loaded: Loaded, step: int, out_dir: str) -> dict:
     started = time.perf_counter()
     if ec.enable_loss:
         result["loss"] = eval_loss(loaded, state)
+        if loaded.exp.classifier:
+            result.update(eval_accuracy(loaded, state))
     if ec.enable_bpd:
         result.update(eval_bpd(loaded, state, step))
     if ec.enable_sampling:

@@ -20,7 +20,8 @@ from jax.tree_util import Partial
 
 from score_sde import datasets, losses, models, sampling
 from score_sde import rng as rng_lib
-from score_sde.config import ExperimentConfig, make_sde, model_kwargs, sampling_kwargs
+from score_sde.config import ConfigError, ExperimentConfig, make_sde, model_kwargs, sampling_kwargs
+from score_sde.control import guidance
 from score_sde.parameterization import to_score
 from score_sde.sde import SDE
 
@@ -81,8 +82,24 @@ class Experiment:
         shape, _, num_classes = datasets.dataset_info(
             d.dataset, image_size=d.image_size, channels=d.num_channels, data_dir=d.data_dir
         )
+        wanted = cfg.model.num_classes
+        if wanted and wanted != num_classes:
+            raise ConfigError(
+                f"config.model.num_classes={wanted}, but data set {d.dataset!r} has "
+                f"{num_classes or 'no'} classes: set config.model.num_classes={num_classes}."
+            )
         graphdef, params, rest = init_model(cfg.model.name, cfg.seed, **model_kwargs(cfg, shape))
         return cls(cfg, make_sde(cfg), graphdef, params, rest, tuple(shape), num_classes)
+
+    @property
+    def classifier(self) -> bool:
+        """The model is a noise-conditional classifier (logits), not a score model."""
+        return self.cfg.model.name in models.CLASSIFIERS
+
+    @property
+    def conditional(self) -> bool:
+        """The model is a class-conditional score model."""
+        return self.cfg.model.num_classes > 0 and not self.classifier
 
     @property
     def param_count(self) -> int:
@@ -171,25 +188,56 @@ class Experiment:
                 reduce_mean=tc.reduce_mean,
                 eps=tc.eps,
                 per_example=per_example,
+                classifier=self.classifier,
             )
 
         return build
 
-    def _score(self, params, rest, x, t):
-        out = self.model_output(params, rest, x, t)
+    def _score(self, params, rest, x, t, y=None):
+        out = self.model_output(params, rest, x, t, y)
         return to_score(self.sde, out, x, t, self.cfg.model.parameterization)
 
-    def score_fn(self, params, rest) -> Partial:
-        """score_fn(x, t) over ``params``: a Partial, so new params reuse compiled samplers."""
-        return Partial(self._score, params, rest)
+    def score_fn(self, params, rest, y: Array | None = None) -> Partial:
+        """score_fn(x, t) over ``params``: a Partial, so new params reuse compiled samplers.
+        A class-conditional model's is score_fn(x, t, y) (y=None: the null label), or
+        score_fn(x, t) for the labels ``y`` [B] when given."""
+        score_fn = Partial(self._score, params, rest)
+        return score_fn if y is None else guidance.with_label(score_fn, y)
+
+    def logits_fn(self, params, rest) -> Partial:
+        """A classifier's logits_fn(x, t) -> [B, num_classes] (``control.classifier_guidance``)."""
+        return Partial(self.model_output, params, rest)
+
+    def guided_score_fn(self, params, rest, y: Array) -> Partial:
+        """The sampling score of a class-conditional model for labels y [B]: conditional, or
+        with classifier-free guidance at ``sampling.guidance_scale`` != 1."""
+        scale = self.cfg.sampling.guidance_scale
+        if scale == 1:
+            return self.score_fn(params, rest, y)
+        null = self.cfg.model.num_classes  # the label-dropout id
+        return guidance.classifier_free_guidance(self.score_fn(params, rest), y, null, scale)
 
     # --- sampling ------------------------------------------------------------------------
-    def sample(self, params, rest, rng: Array, n: int = SNAPSHOT_SAMPLES) -> np.ndarray:
-        """``n`` samples in data space ([0, 1] for images), as a host array."""
+    def sample_labels(self, start: int, n: int) -> np.ndarray | None:
+        """Labels of samples start..start+n-1 of a class-conditional model: the classes in
+        turn (a grid's rows run through them); None for other models."""
+        if not self.conditional:
+            return None
+        return (np.arange(start, start + n) % self.cfg.model.num_classes).astype(np.int32)
+
+    def sample(
+        self, params, rest, rng: Array, n: int = SNAPSHOT_SAMPLES, *, start: int = 0
+    ) -> np.ndarray:
+        """``n`` samples in data space ([0, 1] for images), as a host array; a class-conditional
+        model's are of labels ``sample_labels(start, n)``."""
+        y = self.sample_labels(start, n)
+        score_fn = (
+            self.score_fn(params, rest) if y is None else self.guided_score_fn(params, rest, y)
+        )
         x, _ = sampling.sample(
             rng,
             self.sde,
-            self.score_fn(params, rest),
+            score_fn,
             (n, *self.data_shape),
             method=self.cfg.sampling.method,
             **sampling_kwargs(self.cfg),

@@ -11,6 +11,9 @@ With x_t = alpha x0 + sigma z and s the network's score (any parameterisation, c
 - SMLD (Song & Ermon 2019), VE chains: alpha_k = 1, sigma_k = discrete_sigmas()[k], w = 1:
   sigma_k² |s + z/sigma_k|².
 
+``classifier_losses`` trains the noise-conditional classifier of classifier guidance instead:
+the cross-entropy of its logits at (x_t, t) for the label y of x0, t ~ U(eps, T).
+
 ``reduce`` is the mean over dimensions (``reduce_mean=True``) or ½ the sum over them (so the DDPM
 loss of Ho et al., a plain sum, is twice the ``reduce_mean=False`` value). Discrete losses call
 the network at t = k T / (N - 1), and convert its output with the chain's own alpha_k, sigma_k.
@@ -24,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from score_sde import rng as rng_lib
 from score_sde.parameterization import PARAMETERIZATIONS, to_score
@@ -140,6 +144,30 @@ def discrete_losses(
     return losses
 
 
+def noisy_logits(rng: Array, sde: SDE, logits_fn: ModelFn, params: Any, x: Array, t: Array):
+    """A classifier's logits at (x_t, t), x_t ~ p_t(x_t | x0 = x): [B, num_classes].
+    ``logits_fn(params, x, t, None, rng)`` is the classifier."""
+    z_rng, model_rng = jax.random.split(rng)
+    mean, std = sde.marginal_prob(x, t)
+    x_t = mean + batch_mul(std, rng_lib.normal(z_rng, x.shape, x.dtype))
+    return logits_fn(params, x_t, t, None, model_rng)
+
+
+def classifier_losses(sde: SDE, logits_fn: ModelFn, *, eps: float = 1e-5) -> LossFn:
+    """Per-example cross-entropy -log p_t(y | x_t) of a noise-conditional classifier (Song et
+    al. 2021, Sec. 5; Dhariwal & Nichol 2021), t ~ U(eps, T): [B]."""
+
+    def losses(rng: Array, params: Any, x: Array, y: Array | None = None) -> Array:
+        if y is None:
+            raise ValueError("The classifier loss needs the labels y of the batch.")
+        t_rng, rng = jax.random.split(rng)
+        t = rng_lib.uniform(t_rng, x.shape[0], eps, sde.T)
+        logits = noisy_logits(rng, sde, logits_fn, params, x, t)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+    return losses
+
+
 def get_loss_fn(
     sde: SDE,
     model_fn: ModelFn,
@@ -151,10 +179,12 @@ def get_loss_fn(
     reduce_mean: bool = False,
     eps: float = 1e-5,
     per_example: bool = False,
+    classifier: bool = False,
 ) -> LossFn:
     """``loss_fn(rng, params, x, y=None)``: the batch-mean loss (per-example losses [B] with
     ``per_example``). ``model_fn(params, x, t, y, rng)`` returns the network's output of the
-    given ``parameterization`` ("score", "eps" or "x0"); t: [B] continuous time."""
+    given ``parameterization`` ("score", "eps" or "x0"); t: [B] continuous time. With
+    ``classifier`` the model is a noise-conditional classifier (``classifier_losses``)."""
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization={parameterization!r}: use one of {PARAMETERIZATIONS}.")
     if importance_sampling and not likelihood_weighting:
@@ -162,9 +192,16 @@ def get_loss_fn(
             "importance_sampling=True samples t for the likelihood weighting: "
             "set likelihood_weighting=True as well, or importance_sampling=False."
         )
-    if continuous:
-        if not 0 < eps < sde.T:
-            raise ValueError(f"eps={eps}: the smallest training time must be in (0, {sde.T}).")
+    if (continuous or classifier) and not 0 < eps < sde.T:
+        raise ValueError(f"eps={eps}: the smallest training time must be in (0, {sde.T}).")
+    if classifier:
+        if not continuous or likelihood_weighting:
+            raise ValueError(
+                "A classifier is trained by cross-entropy at continuous t: set continuous=True "
+                "and likelihood_weighting=False."
+            )
+        losses = classifier_losses(sde, model_fn, eps=eps)
+    elif continuous:
         losses = continuous_dsm_losses(
             sde,
             model_fn,

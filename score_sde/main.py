@@ -110,7 +110,7 @@ def run_job(
     except NonFiniteLossError as err:
         print(str(err), file=sys.stderr)
         return EXIT_DIVERGED
-    except (CheckpointMismatchError, NoCheckpointError) as err:
+    except (CheckpointMismatchError, NoCheckpointError, ConfigError) as err:  # data vs config
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     return 0

@@ -124,6 +124,7 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
     )
     _validate_sampler(s, sampling.method_options(s.method), pc)
     _validate_model_inputs(exp)
+    _validate_labels(exp, m.name in models.CLASSIFIERS)
     _validate_discrete_loss(exp)
 
 
@@ -154,11 +155,6 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
         m.num_classes > 0 or not needs_classes,
         f"config.model.name={m.name!r} needs classes: set config.model.num_classes.",
     )
-    _require(
-        exp.training.label_dropout == 0 or m.num_classes > 0,
-        f"config.training.label_dropout={exp.training.label_dropout} drops class labels, but "
-        "config.model.num_classes=0 (unconditional): set num_classes or label_dropout=0.",
-    )
     if size is None or "ch_mult" not in options:
         return
     _require(len(m.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
@@ -174,6 +170,37 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
             res in reachable,
             f"config.model.attn_resolutions has {res}, not a resolution of the U-Net for "
             f"image_size={size}: use some of {reachable}.",
+        )
+
+
+def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
+    """Label dropout and guidance need a class-conditional score model; a classifier is trained
+    by cross-entropy at continuous t and has no samples nor likelihood."""
+    t, m, scale = exp.training, exp.model, exp.sampling.guidance_scale
+    _require(
+        t.label_dropout == 0 or (m.num_classes > 0 and not classifier),
+        f"config.training.label_dropout={t.label_dropout} drops the class labels of a "
+        f"class-conditional score model, but config.model.name={m.name!r} with "
+        f"num_classes={m.num_classes}: set config.training.label_dropout=0.",
+    )
+    _require(
+        scale == 1 or t.label_dropout > 0,
+        f"config.sampling.guidance_scale={scale} needs a model trained with the null label: set "
+        "config.training.label_dropout > 0 (e.g. 0.1) and config.model.num_classes, or scale 1.",
+    )
+    if not classifier:
+        return
+    for path, value, fix in [
+        ("training.continuous", t.continuous, True),
+        ("training.likelihood_weighting", t.likelihood_weighting, False),
+        ("training.snapshot_sampling", t.snapshot_sampling, False),
+        ("eval.enable_bpd", exp.eval.enable_bpd, False),
+        ("eval.enable_sampling", exp.eval.enable_sampling, False),
+    ]:
+        _require(
+            value == fix,
+            f"config.{path}={value}: config.model.name={m.name!r} trains a noise-conditional "
+            f"classifier (cross-entropy at continuous t, no samples): set config.{path}={fix}.",
         )
 
 

@@ -236,6 +236,40 @@ def test_classifier_needs_classes():
     _fails(_digits(**{"model.name": "classifier"}), "config.model.num_classes", "classifier")
 
 
+def test_guidance_scale_needs_label_dropout():
+    cond = {"model.num_classes": 10, "sampling.guidance_scale": 2.0}
+    _fails(_digits(**cond), "config.sampling.guidance_scale=2.0", "label_dropout > 0")
+    from_config_dict(_digits(**cond, **{"training.label_dropout": 0.1}), device_count=1)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("training.snapshot_sampling", True),
+        ("eval.enable_bpd", True),
+        ("eval.enable_sampling", True),
+        ("training.continuous", False),
+        ("training.likelihood_weighting", True),
+        ("training.label_dropout", 0.1),
+    ],
+)
+def test_classifier_config_rejects_score_model_options(field, value):
+    cfg = _load("configs/digits_classifier.py")
+    from_config_dict(cfg, device_count=1)
+    section, name = field.split(".")
+    setattr(cfg[section], name, value)
+    _fails(cfg, f"config.{field}={value}", "classifier")
+
+
+def test_num_classes_must_match_the_data():
+    from score_sde.experiment import Experiment
+
+    cfg = from_config_dict(_load("configs/toy/ring8_cond.py"), device_count=1)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=5))
+    with pytest.raises(ConfigError, match=r"num_classes=5.*'ring8' has 8 classes.*=8"):
+        Experiment.create(cfg)
+
+
 def test_unknown_schedule():
     _fails(_digits(**{"model.schedule": "quadratic"}), "config.model.schedule", "cosine, linear")
 

@@ -45,12 +45,14 @@ def example_ids(batch):
 @pytest.mark.parametrize("name", sorted(synthetic.DIMS))
 def test_synthetic_set(name):
     dim = synthetic.DIMS[name]
-    assert datasets.dataset_info(name) == ((dim,), 100_000, 0)
-    assert datasets.dataset_info(name, split="test") == ((dim,), 10_000, 0)
+    classes = len(synthetic.MIXTURES[name]().weights) if name in synthetic.MIXTURES else 0
+    assert datasets.dataset_info(name) == ((dim,), 100_000, classes)
+    assert datasets.dataset_info(name, split="test") == ((dim,), 10_000, classes)
     (batch,) = take(datasets.get_dataset(name, split="test", batch_size=10_000), 1)
     chex.assert_shape(batch["x"], (10_000, dim))
     assert batch["x"].dtype == np.float32 and np.all(np.isfinite(batch["x"]))
-    np.testing.assert_array_equal(batch["label"], -1)
+    if not classes:
+        np.testing.assert_array_equal(batch["label"], -1)
     assert batch["mask"].all()
     if name in synthetic.MIXTURES:  # 6 standard deviations around the farthest mean
         m = synthetic.MIXTURES[name]()
@@ -59,7 +61,9 @@ def test_synthetic_set(name):
     else:
         bound = {"checkerboard": 2.0, "swiss_roll": 4.5 * np.pi / 5 + 6 * 0.05}[name]
     assert np.abs(synthetic.generate(name)).max() <= bound
-    np.testing.assert_array_equal(synthetic.generate.__wrapped__(name), synthetic.generate(name))
+    again = synthetic.generate_labelled.__wrapped__(name)
+    np.testing.assert_array_equal(again[0], synthetic.generate(name))
+    np.testing.assert_array_equal(again[1], synthetic.generate_labelled(name)[1])
     train = {row.tobytes() for row in synthetic.generate(name)[:100_000]}
     assert not any(row.tobytes() in train for row in batch["x"])  # train and test are disjoint
 
@@ -73,11 +77,17 @@ def test_synthetic_set(name):
     ],
 )
 def test_mixture_sets_follow_their_mixture(name, expected):
-    x = datasets.get_source(name, split="test").read(np.arange(10_000))[0]
+    x, labels = datasets.get_source(name, split="test").read(np.arange(10_000))
     mixture = synthetic.MIXTURES[name]()
     weights = np.asarray(jax.jit(mixture.mode_weights)(x))
     sigma = np.sqrt(np.multiply(expected, np.subtract(1, expected)) / len(x))
     assert np.all(np.abs(weights - expected) <= 4 * sigma), (weights, expected)
+    # The label is the component drawn: the label frequencies follow the weights, and the
+    # label is the most probable component of almost every point (the modes barely overlap).
+    counts = np.bincount(labels, minlength=len(expected)) / len(x)
+    assert np.all(np.abs(counts - expected) <= 4 * sigma), (counts, expected)
+    best = np.argmax(np.asarray(jax.jit(mixture.responsibilities)(x)), axis=1)
+    assert np.mean(best == labels) > 0.99
     mean = np.asarray(mixture.weights @ mixture.means)
     np.testing.assert_allclose(x.mean(0), mean, atol=0.1)
     if name == "ring8":
@@ -87,7 +97,8 @@ def test_mixture_sets_follow_their_mixture(name, expected):
 def test_checkerboard_on_black_squares():
     x = datasets.get_source("checkerboard", split="train").read(np.arange(100_000))[0]
     with jax.enable_x64(True):  # the data do not depend on the x64 flag
-        np.testing.assert_array_equal(synthetic.generate.__wrapped__("checkerboard")[:100_000], x)
+        again = synthetic.generate_labelled.__wrapped__("checkerboard")[0]
+        np.testing.assert_array_equal(again[:100_000], x)
     assert x.min() >= -2 and x.max() < 2
     cells = np.floor(x).astype(int)
     assert np.all((cells.sum(1) % 2) == 0)

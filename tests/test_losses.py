@@ -331,3 +331,38 @@ def test_discrete_loss_with_the_sde_as_a_traced_argument():
     eager = loss(SDES["vp"], rng)
     np.testing.assert_allclose(jax.jit(loss)(SDES["vp"], rng), eager, rtol=1e-12)
     assert np.isfinite(eager)
+
+
+# --- the noise-conditional classifier's cross-entropy ------------------------------------------
+def _two_class_mixture():
+    return analytic.GaussianMixture.isotropic([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], 0.6)
+
+
+@pytest.mark.parametrize("name", sorted(SDES))
+def test_exact_classifier_minimises_the_cross_entropy(name):
+    """With the exact p_t(y | x_t) as logits scaled by c, the expected cross-entropy is minimal
+    at c = 1 (a proper scoring rule): its c-derivative is 0 there, negative below and positive
+    above; logits of 0 give log K for every example."""
+    sde, gm = SDES[name], _two_class_mixture()
+
+    def logits_fn(c, x, t, y, rng):
+        alpha, sigma = sde.alpha(t), sde.marginal_std(t)
+        return c * jax.vmap(gm._log_probs_one)(x, alpha, sigma)
+
+    loss_fn = losses.get_loss_fn(sde, logits_fn, classifier=True, per_example=True)
+    x, y = jax.jit(gm.sample_labelled, static_argnums=1)(jax.random.key(3), 32768)
+    key = jax.random.key(4)
+    vals, grads = jax.jit(
+        lambda x, y: _losses_and_grads(lambda k, c, x: loss_fn(k, c, x, y), key, x)
+    )(x, y)
+    chex.assert_shape([vals, grads], (len(C), 32768))
+    assert abs(grads[1].mean()) < 4 * _se(grads[1]), (float(grads[1].mean()), _se(grads[1]))
+    # Paired over the same (t, x_t): the loss is higher and the slope steeper away from c = 1.
+    for other, sign in ((0, -1), (2, 1)):
+        dv, dg = vals[other] - vals[1], sign * (grads[other] - grads[1])
+        assert dv.mean() > 4 * _se(dv) and dg.mean() > 8 * _se(dg), other
+    np.testing.assert_allclose(loss_fn(key, 0.0, x, y), np.log(2.0), rtol=1e-12)
+    with pytest.raises(ValueError, match="needs the labels y"):
+        loss_fn(key, 1.0, x)
+    with pytest.raises(ValueError, match="continuous=True"):
+        losses.get_loss_fn(sde, logits_fn, classifier=True, continuous=False)

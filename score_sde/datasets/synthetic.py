@@ -81,11 +81,13 @@ MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
 }
 
 
-def sampler(name: str) -> Callable[[jax.Array, int], jax.Array]:
-    """``sample(rng, n) -> [n, D]`` for the synthetic set ``name``."""
+def sampler(name: str) -> Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]:
+    """``sample(rng, n) -> (x [n, D], labels [n])`` for the synthetic set ``name``: a mixture's
+    label is the component a point was drawn from; the other sets are unlabelled (-1)."""
     if name in MIXTURES:
-        return lambda rng, n: MIXTURES[name]().sample(rng, n)
-    return {"checkerboard": checkerboard, "swiss_roll": swiss_roll}[name]
+        return lambda rng, n: MIXTURES[name]().sample_labelled(rng, n)
+    draw = {"checkerboard": checkerboard, "swiss_roll": swiss_roll}[name]
+    return lambda rng, n: (draw(rng, n), jnp.full(n, -1, jnp.int32))
 
 
 DIMS = {"ring8": 2, "grid25": 2, "gmm16": 16, "checkerboard": 2, "swiss_roll": 2}
@@ -97,24 +99,31 @@ def _compiled_sampler(name: str):
 
 
 @functools.cache
-def generate(name: str) -> np.ndarray:
-    """All 110,000 fixed points of the synthetic set ``name``: float32 [N, D], read-only.
+def generate_labelled(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """All 110,000 fixed points of the synthetic set ``name`` and their labels: float32 [N, D]
+    and int32 [N], read-only.
 
     Drawn in float32 even when x64 is enabled, so the data never depend on that flag."""
     n = max(s.stop for s in SPLITS.values())
     with jax.enable_x64(False):
-        x = np.asarray(_compiled_sampler(name)(jax.random.key(SEED), n), np.float32)
-    x.flags.writeable = False
-    return x
+        x, labels = _compiled_sampler(name)(jax.random.key(SEED), n)
+    x, labels = np.asarray(x, np.float32), np.asarray(labels, np.int32)
+    x.flags.writeable = labels.flags.writeable = False
+    return x, labels
+
+
+def generate(name: str) -> np.ndarray:
+    """The points of ``generate_labelled``: float32 [N, D]."""
+    return generate_labelled(name)[0]
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticSource:
-    """Random access to a synthetic split; points are generated on first read. Unlabelled (-1)."""
+    """Random access to a synthetic split; points are generated on first read. Mixtures are
+    labelled by component (``num_classes`` components); the other sets are unlabelled (-1)."""
 
     name: str
     split: str
-    num_classes: int = 0
 
     def __post_init__(self):
         if self.name not in DIMS:
@@ -128,9 +137,13 @@ class SyntheticSource:
     def element_shape(self) -> tuple[int, ...]:
         return (DIMS[self.name],)
 
+    @property
+    def num_classes(self) -> int:
+        return int(MIXTURES[self.name]().weights.shape[0]) if self.name in MIXTURES else 0
+
     def __len__(self) -> int:
         return SPLITS[self.split].stop - SPLITS[self.split].start
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = generate(self.name)[SPLITS[self.split]][indices]
-        return x, np.full(len(indices), -1, np.int32)
+        x, labels = generate_labelled(self.name)
+        return x[SPLITS[self.split]][indices], labels[SPLITS[self.split]][indices]

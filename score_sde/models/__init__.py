@@ -31,6 +31,7 @@ from score_sde.models.mlp import MLP
 from score_sde.models.ncsnpp import NCSNpp
 
 __all__ = [
+    "CLASSIFIERS",
     "MODELS",
     "PRESETS",
     "Classifier",
@@ -50,6 +51,9 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "ddpm": DDPM,
     "classifier": Classifier,
 }
+
+# Models that output class logits [B, num_classes] (trained by cross-entropy, not score matching).
+CLASSIFIERS = ("classifier",)
 
 _DDPMPP_CIFAR10 = dict(
     name="ncsnpp",

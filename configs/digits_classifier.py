@@ -1,0 +1,18 @@
+"""The noise-conditional classifier p_t(y | x_t) of the digits (for classifier guidance of the
+configs/digits.py model): the encoder half of its U-Net, trained by cross-entropy at t ~ U(eps, T).
+
+    score-sde --config configs/digits_classifier.py --workdir runs/digits_classifier --mode train
+"""
+
+from configs import digits
+
+
+def get_config():
+    config = digits.get_config()
+    config.model.name = "classifier"
+    config.model.num_classes = 10
+    config.training.n_iters = 1000
+    config.training.snapshot_sampling = False
+    config.eval.enable_bpd = False
+    config.eval.enable_sampling = False
+    return config
