@@ -54,10 +54,9 @@ class DDPMChain:
 
 def ddim_step(coeffs, score_fn, x, t, s, eta, z):
     """One DDIM step from t to s (Eq. 12); ``coeffs`` is an SDE or a ``DDPMChain``."""
-    tb = jnp.full((x.shape[0],), t, x.dtype)
-    score = score_fn(x, tb)
-    eps = param.from_score(coeffs, score, x, tb, "eps")
-    x0 = param.from_score(coeffs, score, x, tb, "x0")
+    score = score_fn(x, jnp.full((x.shape[0],), t, x.dtype))
+    eps = param.from_score(coeffs, score, x, t, "eps")
+    x0 = param.from_score(coeffs, score, x, t, "x0")
     a_t, a_s = coeffs.alpha(t), coeffs.alpha(s)
     sig_t, sig_s = coeffs.marginal_std(t), coeffs.marginal_std(s)
     ratio = (a_t * sig_s / (a_s * sig_t)) ** 2
@@ -84,7 +83,7 @@ def ddim_solve(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=()
         return (x_s, traj), None
 
     n = ts.shape[0] - 1
-    (x, traj), _ = jax.lax.scan(step, (x, traj), jnp.arange(n))
+    (x, traj), _ = jax.lax.scan(step, (x, traj), jnp.arange(n), unroll=grids.UNROLL)
     return x, n, traj
 
 

@@ -29,9 +29,10 @@ STEPPING = ("multistep", "singlestep")
 
 
 def predict(sde: SDE, score_fn, prediction: str, x: Array, t: Array) -> Array:
-    """The model as eps (``"noise"``) or x0 (``"data"``) at per-example times t: [B]."""
+    """The model as eps (``"noise"``) or x0 (``"data"``) at time t: a scalar or per example [B]."""
     kind = "eps" if prediction == "noise" else "x0"
-    return param.from_score(sde, score_fn(x, t), x, t, kind)
+    score = score_fn(x, jnp.broadcast_to(t, x.shape[:1]))
+    return param.from_score(sde, score, x, t, kind)
 
 
 def _phis(u):
@@ -88,26 +89,27 @@ def third_update(sde, model, prediction, x, s, t, m_s, m_s1=None, r1=1 / 3, r2=2
     return _combine(a, x, c, [(phi1, m_s), (phi2 / r2, m_s2 - m_s)])
 
 
-def multistep_update(sde, prediction, x, lams, ms, t_prev, t, order):
-    """Multistep DPM-Solver(++)-``order`` (Lu et al. 2022b, Alg. 2 and App. B).
+def multistep_weights(sde, prediction, lams, s, t, order):
+    """Multistep DPM-Solver(++)-``order`` (Lu et al. 2022b, Alg. 2 and App. B) as
+    x_t = A x_s - c sum_j w_j m_j over the last ``order`` model outputs m_j, newest first
+    (m_0 at s); returns (A, c, (w_0, ...)). ``lams``: the lambdas of those outputs.
+    Elementwise, so it computes every step of a grid at once.
 
-    ``ms``/``lams``: the last three model outputs and their lambdas, newest first; ``t_prev``
-    is the time of ms[0] (the current x).
+    With r_j = (lam_j - lam_{j+1}) / h and D1_j = (m_j - m_{j+1}) / r_j the update is
+    phi1 m_0 (order 1), + phi1/2 D1_0 (order 2), or phi1 m_0 + phi2 D1 + phi3 D2 with
+    D1 = D1_0 + r_0/(r_0 + r_1) (D1_0 - D1_1) and D2 = (D1_0 - D1_1)/(r_0 + r_1) (order 3).
     """
-    a, c, u, h = _step_coeffs(sde, t_prev, t, prediction)
+    a, c, u, h = _step_coeffs(sde, s, t, prediction)
     phi1, phi2, phi3 = _phis(u)
-    m0, m1, m2 = ms
     if order == 1:
-        return _combine(a, x, c, [(phi1, m0)])
+        return a, c, (phi1,)
     r0 = (lams[0] - lams[1]) / h
-    d1_0 = batch_mul(1 / r0, m0 - m1)
     if order == 2:
-        return _combine(a, x, c, [(phi1, m0), (0.5 * phi1, d1_0)])
+        return a, c, (phi1 + 0.5 * phi1 / r0, -0.5 * phi1 / r0)
     r1 = (lams[1] - lams[2]) / h
-    d1_1 = batch_mul(1 / r1, m1 - m2)
-    d1 = d1_0 + batch_mul(r0 / (r0 + r1), d1_0 - d1_1)
-    d2 = batch_mul(1 / (r0 + r1), d1_0 - d1_1)
-    return _combine(a, x, c, [(phi1, m0), (phi2, d1), (phi3, d2)])
+    d1_0 = (phi2 * (1 + r0 / (r0 + r1)) + phi3 / (r0 + r1)) / r0  # weight of D1_0, over r0
+    d1_1 = (phi2 * r0 / (r0 + r1) + phi3 / (r0 + r1)) / r1  # minus the weight of D1_1, over r1
+    return a, c, (phi1 + d1_0, -d1_0 - d1_1, d1_1)
 
 
 def step_orders(n_steps: int, order: int, stepping: str, lower_order_final: bool) -> np.ndarray:
@@ -120,6 +122,12 @@ def step_orders(n_steps: int, order: int, stepping: str, lower_order_final: bool
     if lower_order_final:
         orders = np.minimum(orders, n_steps - i)
     return orders
+
+
+def order_runs(orders: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first step, end step, order) of each run of equal step orders."""
+    cuts = [0, *np.flatnonzero(np.diff(orders)) + 1, len(orders)]
+    return [(a, b, int(orders[a])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def dpm_solver_solve(
@@ -137,54 +145,62 @@ def dpm_solver_solve(
 ):
     """DPM-Solver(++) from x at ts[0] along the grid ts; returns (x, nfe, trajectory or None).
 
-    nfe = len(ts) - 1 for multistep, the sum of the step orders for singlestep.
+    nfe = len(ts) - 1 for multistep, the sum of the step orders for singlestep. Each run of
+    steps of one order is one ``lax.scan`` (no per-step branch), with the model history of
+    multistep in the loop carry.
     """
     del rng  # deterministic
     check_options(order, stepping, prediction)
     n = ts.shape[0] - 1
     orders = step_orders(n, order, stepping, lower_order_final)
     model = functools.partial(predict, sde, score_fn, prediction)
-    batch = x.shape[0]
     traj = grids.trajectory_init(save_at, x)
-
-    def times(i):
-        return jnp.full((batch,), ts[i], x.dtype), jnp.full((batch,), ts[i + 1], x.dtype)
-
-    if stepping == "singlestep":
-        branches = [
-            lambda x, s, t, m: first_update(sde, prediction, x, s, t, m),
-            lambda x, s, t, m: second_update(sde, model, prediction, x, s, t, m)[0],
-            lambda x, s, t, m: third_update(sde, model, prediction, x, s, t, m),
-        ][:order]
-
-        def step(carry, inputs):
-            x, traj = carry
-            i, k = inputs
-            s, t = times(i)
-            x_t = jax.lax.switch(k - 1, branches, x, s, t, model(x, s))
-            return (x_t, grids.record(traj, save_at, ts[i], ts[i + 1], x, x_t)), None
-
-        (x, traj), _ = jax.lax.scan(step, (x, traj), (jnp.arange(n), jnp.asarray(orders)))
-        return x, int(orders.sum()), traj
-
-    branches = [
-        functools.partial(multistep_update, sde, prediction, order=k) for k in range(1, order + 1)
+    if stepping == "multistep":
+        x, traj = _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj)
+        return x, n, traj
+    updates = [
+        lambda x, s, t, m: first_update(sde, prediction, x, s, t, m),
+        lambda x, s, t, m: second_update(sde, model, prediction, x, s, t, m)[0],
+        lambda x, s, t, m: third_update(sde, model, prediction, x, s, t, m),
     ]
+    for first, end, k in order_runs(orders):  # one scan per run of steps of one order
 
-    def mstep(carry, inputs):
-        x, ms, lams, traj = carry
-        i, k = inputs
-        s, t = times(i)
-        ms = jnp.concatenate([model(x, s)[None], ms[:-1]])
-        lams = jnp.concatenate([sde.half_log_snr(s)[None], lams[:-1]])
-        x_t = jax.lax.switch(k - 1, branches, x, lams, tuple(ms), s, t)
-        return (x_t, ms, lams, grids.record(traj, save_at, ts[i], ts[i + 1], x, x_t)), None
+        def step(carry, i, k=k):
+            x, traj = carry
+            s, t = ts[i], ts[i + 1]  # scalars: the step's coefficients are computed once
+            x_t = updates[k - 1](x, s, t, model(x, s))
+            return (x_t, grids.record(traj, save_at, s, t, x, x_t)), None
 
-    ms = jnp.zeros((3,) + x.shape, x.dtype)
-    lams = jnp.ones((3, batch), x.dtype)
-    init = (x, ms, lams, traj)
-    (x, _, _, traj), _ = jax.lax.scan(mstep, init, (jnp.arange(n), jnp.asarray(orders)))
-    return x, n, traj
+        steps = jnp.arange(first, end)
+        (x, traj), _ = jax.lax.scan(step, (x, traj), steps, unroll=grids.UNROLL)
+    return x, int(orders.sum()), traj
+
+
+def _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj):
+    """Multistep steps with each step's (A, c, w) computed for the whole grid up front (the
+    loop body is the model call and one fused update); warm-up and final steps of lower
+    order get zero weights for the outputs they do not use."""
+    n = len(orders)
+    lams = sde.half_log_snr(ts)
+    window = [lams[np.maximum(np.arange(n) - j, 0)] for j in range(order)]  # lam of m_j
+    a, c, w = multistep_weights(sde, prediction, window, ts[:-1], ts[1:], 1)
+    w = list(w) + [jnp.zeros_like(a)] * (order - 1)
+    for k in range(2, order + 1):
+        _, _, w_k = multistep_weights(sde, prediction, window, ts[:-1], ts[1:], k)
+        use = jnp.asarray(orders == k)
+        w = [jnp.where(use, w_kj, wj) for wj, w_kj in zip(w, (*w_k, *w[k:]), strict=True)]
+
+    def step(carry, inputs):
+        x, history, traj = carry
+        s, t, a_i, c_i, w_i = inputs
+        ms = (model(x, s), *history)
+        x_t = _combine(a_i, x, c_i, list(zip(w_i, ms, strict=True)))
+        return (x_t, ms[: order - 1], grids.record(traj, save_at, s, t, x, x_t)), None
+
+    history = tuple(jnp.zeros_like(x) for _ in range(order - 1))  # newest first
+    inputs = (ts[:-1], ts[1:], a, c, tuple(w))
+    (x, _, traj), _ = jax.lax.scan(step, (x, history, traj), inputs, unroll=grids.UNROLL)
+    return x, traj
 
 
 def dpm_solver_sampler(

@@ -25,9 +25,9 @@ Array = jax.Array
 
 def denoise(sde: SDE, score_fn, x_hat: Array, t: Array) -> Array:
     """D(x^; sigma(t)): the x0-prediction at x = alpha(t) x^, for a scalar time t."""
-    tb = jnp.full((x_hat.shape[0],), t, x_hat.dtype)
     x = sde.alpha(t) * x_hat
-    return param.from_score(sde, score_fn(x, tb), x, tb, "x0")
+    score = score_fn(x, jnp.full((x_hat.shape[0],), t, x_hat.dtype))
+    return param.from_score(sde, score, x, t, "x0")
 
 
 def heun_solve(
@@ -60,7 +60,7 @@ def heun_solve(
     gamma_max = min(S_churn / n, math.sqrt(2) - 1)
     traj = grids.trajectory_init(save_at, x)
 
-    def step(carry, i):
+    def step(carry, i, final=False):
         x_cur, traj = carry
         t_cur, t_next = ts[i], ts[i + 1]
         s_cur, s_next = sigmas[i], sigmas[i + 1]
@@ -76,19 +76,22 @@ def heun_solve(
         d_cur = (x_hat - denoise(sde, score_fn, x_hat, t_hat)) / s_hat
         x_next = x_hat + (s_next - s_hat) * d_cur
 
-        # Apply 2nd-order correction unless sigma_next = 0.
-        def correct(x_next):
+        # Apply 2nd-order correction unless sigma_next = 0 (the final step to zero).
+        if not final:
             d_prime = (x_next - denoise(sde, score_fn, x_next, t_next)) / s_next
-            return x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
-
-        x_next = jax.lax.cond(s_next > 0, correct, lambda x: x, x_next)
+            x_next = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
         r_hat = jnp.where(t_hat == t_cur, rec_t[i], t_hat)
         traj = grids.record(
             traj, save_at, r_hat, rec_t[i + 1], sde.alpha(t_hat) * x_hat, alphas[i + 1] * x_next
         )
         return (x_next, traj), None
 
-    (x_hat, traj), _ = jax.lax.scan(step, (x / alphas[0], traj), jnp.arange(n))
+    carry, _ = jax.lax.scan(
+        step, (x / alphas[0], traj), jnp.arange(n - to_zero), unroll=grids.UNROLL
+    )
+    if to_zero:
+        carry, _ = step(carry, n - 1, final=True)
+    x_hat, traj = carry
     return alphas[-1] * x_hat, 2 * n - int(to_zero), traj
 
 

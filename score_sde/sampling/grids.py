@@ -24,6 +24,11 @@ from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
 GRIDS = ("uniform", "logsnr", "edm")
+# Steps per iteration of the fixed-step samplers' loops (``lax.scan(..., unroll=UNROLL)``): with
+# one step per iteration XLA copies the state (and multistep history) on every step to keep
+# the loop's buffers apart; unrolled, it updates them in place (bench/samplers.py: 2-6x less
+# time per step on CPU at 2000 x 16).
+UNROLL = 2
 
 
 def sigma_tilde(sde: SDE, t: Array) -> Array:
