@@ -32,11 +32,13 @@ PIXEL_LEVELS = 256
 
 
 def _divergence_field(drift, divergence: str):
-    """(t, (x, _), probe) -> (f̃, div f̃) for one example, from ``drift(t, x)``."""
+    """(t, (x, _), (probe, score_fn)) -> (f̃, div f̃) for one example, from
+    ``drift(t, x, score_fn)``; the probe is a ``PerExample`` row."""
 
-    def field(t, y, probe):
-        x, _ = y
-        out, jvp = jax.linearize(functools.partial(drift, t), x)
+    def field(t, y, args):
+        (x, _), (probe, score_fn) = y, args
+        probe = probe.value[0]
+        out, jvp = jax.linearize(lambda x: drift(t, x, score_fn), x)
         if divergence == "exact":  # trace of the Jacobian, one JVP per basis vector
             basis = jnp.eye(x.size, dtype=x.dtype).reshape((x.size, *x.shape))
             div = jnp.trace(jax.vmap(jvp)(basis).reshape(x.size, x.size))
@@ -53,10 +55,11 @@ def _log_likelihood(rng, sde, score_fn, x, *, divergence, rtol, atol, eps, solve
         probe = rng_lib.normal(rng, x.shape, x.dtype)
     else:  # the exact divergence ignores the probe
         probe = rng_lib.rademacher(rng, x.shape, x.dtype)
-    field = _divergence_field(probability_flow_drift(sde, score_fn), divergence)
+    field = _divergence_field(probability_flow_drift(sde), divergence)
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
+    args = (odeint.PerExample(probe), score_fn)
     (z, integral), nfe = odeint.solve(
-        field, y0, eps, sde.T, args=probe, rtol=rtol, atol=atol, solver=solver
+        field, y0, eps, sde.T, args=args, rtol=rtol, atol=atol, solver=solver
     )
     return sde.prior_logp(z) + integral, nfe
 

@@ -8,7 +8,10 @@ slowest example is done.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import diffrax
 import jax
@@ -47,6 +50,25 @@ class _CountingController(diffrax.AbstractStepSizeController):
         return keep, t0, t1, jump, state, result
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["value"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class PerExample:
+    """Rows bound into a function of the batch, one per example: labels, known data. ``value``
+    is an array or a pytree of arrays [B, ...]. ``solve`` hands example i the batch of one
+    ``value[i:i+1]``; batched code uses ``value`` as it is."""
+
+    value: Any
+
+
+def _is_rows(node) -> bool:
+    return isinstance(node, PerExample)
+
+
+def _as_batch_of_one(node):
+    """Inside the per-example map: PerExample rows get their batch axis of 1 back."""
+    return PerExample(jax.tree.map(lambda v: v[None], node.value)) if _is_rows(node) else node
+
+
 def check_solver(solver: str) -> None:
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r} is unknown; use one of {sorted(SOLVERS)}.")
@@ -66,8 +88,10 @@ def solve(
 ):
     """Solve dy/dt = vector_field(t, y, args) from t0 to t1 for each example of a batch.
 
-    ``vector_field`` acts on ONE example (no batch axis); ``y0`` and ``args`` are pytrees whose
-    leaves have a leading batch axis. Returns (y1, nfe): y1 with the structure of y0, and nfe,
+    ``vector_field`` acts on ONE example (no batch axis); ``y0`` is a pytree whose leaves have a
+    leading batch axis. ``args`` is shared by all examples, except its ``PerExample`` nodes:
+    example i gets ``PerExample(value[i:i+1])`` (so a score_fn with bound labels can be called
+    on the example as a batch of one). Returns (y1, nfe): y1 with the structure of y0, and nfe,
     the exact number of batched vector-field evaluations. In lockstep, every iteration of the
     batch evaluates stages 2..s for all examples, and stage 1 as long as some example has not
     accepted its first step: nfe = (s - 1) max_i steps_i + max_i first_stage_i.
@@ -84,7 +108,13 @@ def solve(
     order = jnp.argsort(jnp.where(t1 < t0, -ts, ts))  # diffrax saves in the solve's direction
     saveat = diffrax.SaveAt(t1=True, ts=ts[order] if save_at else None, controller_state=True)
 
-    def one(y, a):
+    # Map over the PerExample nodes only; flattened first, so that no other node of args (an
+    # SDE, say) is rebuilt with placeholder values.
+    nodes, treedef = jax.tree.flatten(args, is_leaf=_is_rows)
+    axes = [0 if _is_rows(node) else None for node in nodes]
+
+    def one(y, nodes):
+        a = jax.tree.unflatten(treedef, [_as_batch_of_one(node) for node in nodes])
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(vector_field),
             method,
@@ -100,7 +130,7 @@ def solve(
         y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
         return y1, sol.ys, sol.stats["num_steps"], sol.controller_state[2]
 
-    y1, ys, steps, first_stage = jax.vmap(one)(y0, args)
+    y1, ys, steps, first_stage = jax.vmap(one, in_axes=(0, axes))(y0, nodes)
     stages = len(method.tableau.c) + 1
     nfe = (stages - 1) * jnp.max(steps) + jnp.max(first_stage)
     if not save_at:

@@ -42,8 +42,9 @@ def _dims(z: Array) -> int:
 
 
 def _is_number(*values) -> bool:
-    """True when every value is a concrete Python number (not a tracer inside a transform)."""
-    return all(isinstance(v, int | float) for v in values)
+    """True when every value is a concrete Python number: not a tracer inside a transform, nor
+    a bool of a pytree mask (equinox, inside diffrax, rebuilds nodes with True/False leaves)."""
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
 def _check_range(sde: SDE, lo: str, hi: str) -> None:

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from score_sde.odeint import PerExample
+
 
 def as_partial(fn) -> Partial:
     """``fn`` as a Partial (a pytree), so it can be an argument of another Partial or of jit."""
@@ -26,12 +28,12 @@ def as_partial(fn) -> Partial:
 
 
 def _labelled(score_fn, y, x, t):
-    return score_fn(x, t, y)
+    return score_fn(x, t, y.value)
 
 
 def with_label(score_fn, y) -> Partial:
     """score_fn(x, t, y) -> score_fn(x, t) for fixed labels y: [B]."""
-    return Partial(_labelled, as_partial(score_fn), jnp.asarray(y))
+    return Partial(_labelled, as_partial(score_fn), PerExample(jnp.asarray(y)))
 
 
 def log_prob_grad(logits_fn, y, x, t):
@@ -45,7 +47,7 @@ def log_prob_grad(logits_fn, y, x, t):
 
 
 def _classifier_guided(score_fn, logits_fn, y, scale, x, t):
-    return score_fn(x, t) + scale * log_prob_grad(logits_fn, y, x, t)
+    return score_fn(x, t) + scale * log_prob_grad(logits_fn, y.value, x, t)
 
 
 def classifier_guidance(score_fn, logits_fn, y, scale=1.0) -> Partial:
@@ -54,12 +56,13 @@ def classifier_guidance(score_fn, logits_fn, y, scale=1.0) -> Partial:
         _classifier_guided,
         as_partial(score_fn),
         as_partial(logits_fn),
-        jnp.asarray(y),
+        PerExample(jnp.asarray(y)),
         jnp.asarray(scale),
     )
 
 
 def _cfg(score_fn, y, null_y, scale, x, t):
+    y = y.value
     both = score_fn(
         jnp.concatenate([x, x]),
         jnp.concatenate([t, t]),
@@ -75,5 +78,9 @@ def classifier_free_guidance(score_fn, y, null_y, scale) -> Partial:
     ``null_y`` is the label the model was trained with for "no label" (label dropout).
     """
     return Partial(
-        _cfg, as_partial(score_fn), jnp.asarray(y), jnp.asarray(null_y), jnp.asarray(scale)
+        _cfg,
+        as_partial(score_fn),
+        PerExample(jnp.asarray(y)),
+        jnp.asarray(null_y),
+        jnp.asarray(scale),
     )

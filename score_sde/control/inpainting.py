@@ -23,6 +23,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from score_sde.control.guidance import as_partial
+from score_sde.odeint import PerExample
 from score_sde.sde import batch_mul
 
 # Columns: grey (1,1,1)/sqrt(3), then (-2,1,1)/sqrt(6) and (0,1,-1)/sqrt(2); orthogonal.
@@ -36,22 +37,21 @@ COLOR_BASIS = np.stack(
 )
 
 
-def _fresh_noise(rng, t, like):
-    """Standard normal like ``like``; example i's draw depends on (rng, i, t_i) only."""
+def _fresh_noise(rng, index, t, like):
+    """Standard normal like ``like``; example i's draw depends on (rng, index_i, t_i) only."""
     bits = jax.lax.bitcast_convert_type(t.astype(jnp.float32), jnp.int32)
-    keys = jax.vmap(lambda i, b: jax.random.fold_in(jax.random.fold_in(rng, i), b))(
-        jnp.arange(like.shape[0]), bits
-    )
+    keys = jax.vmap(lambda i, b: jax.random.fold_in(jax.random.fold_in(rng, i), b))(index, bits)
     return jax.vmap(lambda k: jax.random.normal(k, like.shape[1:], like.dtype))(keys)
 
 
-def _imputed(score_fn, sde, data, mask, rng, basis, x, t):
+def _imputed(score_fn, sde, rows, rng, basis, x, t):
+    data, mask, index = rows.value
     to_basis = (lambda v: v) if basis is None else (lambda v: v @ basis)
     from_basis = (lambda v: v) if basis is None else (lambda v: v @ basis.T)
     alpha, sigma = sde.alpha(t), sde.marginal_std(t)
     y = to_basis(x)
     known_mean = batch_mul(alpha, data)
-    y_known = known_mean + batch_mul(sigma, _fresh_noise(rng, t, y))
+    y_known = known_mean + batch_mul(sigma, _fresh_noise(rng, index, t, y))
     y_in = mask * y_known + (1 - mask) * y
     score = to_basis(score_fn(from_basis(y_in), t))
     score_known = batch_mul(-1 / sigma**2, y - known_mean)
@@ -62,13 +62,16 @@ def inpainting_score(score_fn, sde, data, mask, rng, basis=None) -> Partial:
     """score_fn(x, t) that imputes the region where ``mask`` = 1 from ``data``.
 
     ``data``: [B, ...] (values outside the mask are ignored); ``mask``: 0/1, broadcastable to
-    data. With ``basis`` (an orthogonal [C, C] over the last axis), data and mask are in the
+    data. The known region is re-noised at every call, so use a fixed-step or SDE sampler: the
+    adaptive ``ode`` method cannot converge on a random vector field. With ``basis`` (an
+    orthogonal [C, C] over the last axis), data and mask are in the
     coordinates y = x @ basis.
     """
     data = jnp.asarray(data)
     mask = jnp.broadcast_to(jnp.asarray(mask, data.dtype), data.shape)
     basis = None if basis is None else jnp.asarray(basis, data.dtype)
-    return Partial(_imputed, as_partial(score_fn), sde, mask * data, mask, rng, basis)
+    rows = PerExample((mask * data, mask, jnp.arange(data.shape[0])))
+    return Partial(_imputed, as_partial(score_fn), sde, rows, rng, basis)
 
 
 def colorization_score(score_fn, sde, gray, rng) -> Partial:

@@ -12,11 +12,12 @@ from score_sde.sde import SDE
 Array = jax.Array
 
 
-def probability_flow_drift(sde: SDE, score_fn):
-    """dx/dt = f(x, t) - ½ g(t)² s(x, t) for ONE example x (no batch axis), as (t, x) -> dx/dt."""
-    reverse = sde.reverse(score_fn, probability_flow=True)
+def probability_flow_drift(sde: SDE):
+    """dx/dt = f(x, t) - ½ g(t)² s(x, t) for ONE example x (no batch axis), as
+    (t, x, score_fn) -> dx/dt; score_fn is called on the example as a batch of one."""
 
-    def drift(t, x):
+    def drift(t, x, score_fn):
+        reverse = sde.reverse(score_fn, probability_flow=True)
         return reverse.sde(x[None], jnp.full((1,), t, x.dtype))[0][0]
 
     return drift
@@ -49,15 +50,15 @@ def ode_sampler(
     odeint.check_solver(solver)
     eps = sde.sampling_eps if eps is None else eps
     grids.check_save_at(save_at, sde.T, eps)
-    drift = probability_flow_drift(sde, score_fn)
     x = sde.prior_sampling(rng, shape)
     x, nfe, *traj = odeint.solve(
-        lambda t, y, args: drift(t, y),
+        probability_flow_drift(sde),
         x,
         sde.T,
         eps,
         rtol=rtol,
         atol=atol,
+        args=score_fn,
         solver=solver,
         save_at=save_at,
     )
