@@ -127,12 +127,11 @@ class Loaded:
         key = stream_key(jax.random.wrap_key_data(state.rng), "eval_loss", index)
         data_key, t_key, noise_key = jax.random.split(key, 3)
         x, y = self.exp.prepare_batch(batch, data_key)
-        logits_fn = self.exp.logits_fn(state.ema_params, state.rest)
-        model = lambda params, x, t, y, rng: logits_fn(x, t)
+        model = lambda params, x, t, y, rng: self.exp.model_output(params, state.rest, x, t)
         eps, batch_size = self.cfg.training.eps, x.shape[0]
 
         def hits(t):
-            logits = losses.noisy_logits(noise_key, self.exp.sde, model, None, x, t)
+            logits = losses.noisy_logits(noise_key, self.exp.sde, model, state.ema_params, x, t)
             return jnp.argmax(logits, axis=-1) == y
 
         t = rng_lib.uniform(t_key, batch_size, eps, self.exp.sde.T)

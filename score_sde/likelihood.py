@@ -139,6 +139,5 @@ def uniform_dequantize(
     """
     lo, hi = data_range
     k = jnp.round((x - lo) / (hi - lo) * (levels - 1))
-    keys = rng_lib.example_keys(rng, x.shape[0])
-    u = jax.vmap(lambda key: jax.random.uniform(key, x.shape[1:], x.dtype))(keys)
+    u = rng_lib.uniform_noise(rng, x.shape, x.dtype)
     return lo + (hi - lo) * (k + u) / levels

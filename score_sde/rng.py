@@ -17,6 +17,13 @@ def normal(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
     return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
 
 
+def uniform_noise(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
+    """U[0, 1) of ``shape`` = (B, ...), drawn example by example."""
+    dtype = dtype or jnp.result_type(float)
+    keys = example_keys(rng, shape[0])
+    return jax.vmap(lambda k: jax.random.uniform(k, shape[1:], dtype))(keys)
+
+
 def rademacher(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
     """±1 with equal probability, drawn example by example."""
     dtype = dtype or jnp.result_type(float)

@@ -164,6 +164,19 @@ CONVERGENCE = [
 ]
 
 
+def test_heun_on_a_grid_ending_at_sigma_zero_ends_with_an_euler_step():
+    """A caller's grid may end where sigma = 0 (VP at t = 0): that step has no correction
+    (it would divide by 0), exactly as the sampler's own final step to zero."""
+    sde = sde_lib.VPSDE()
+    score_fn = gaussian().score_fn(sde)
+    x = jax.random.normal(jax.random.PRNGKey(4), (8, 3))
+    ts = jnp.linspace(sde.T, 0.0, 9)
+    to_grid_end, nfe, _ = edm.heun_solve(None, sde, score_fn, x, ts)
+    to_zero, nfe_zero, _ = edm.heun_solve(None, sde, score_fn, x, ts[:-1], to_zero=True)
+    assert np.all(np.isfinite(to_grid_end)) and (nfe, nfe_zero) == (16, 15)
+    np.testing.assert_allclose(to_grid_end, to_zero, rtol=1e-12)
+
+
 @pytest.mark.parametrize("case", CONVERGENCE, ids=[c[0] for c in CONVERGENCE])
 def test_convergence_order(case):
     """Final error against the exact flow falls as n_steps^-order (fitted slope within 0.3)."""

@@ -62,18 +62,26 @@ def test_toy_train_eval_sample_and_eval_resumes(tmp_path, capsys):
     assert re.search(r"parameter params/\S+ has shape \(16,\) in the checkpoint but \(32,\)", err)
 
 
+def _one_snapshot(n_iters: int, *, batch_size: int, chunk: int, every: int) -> dict:
+    """Training overrides: ``n_iters`` steps of ``batch_size`` in calls of ``chunk`` steps, one
+    snapshot (at the end), logs and rolling checkpoints every ``every`` steps."""
+    return {
+        "training.batch_size": batch_size,
+        "training.n_iters": n_iters,
+        "training.n_jitted_steps": chunk,
+        "training.snapshot_freq": n_iters,
+        "training.snapshot_freq_for_preemption": every,
+        "training.log_freq": every,
+        "training.eval_freq": n_iters,
+    }
+
+
 def test_class_conditional_toy_with_classifier_free_guidance(tmp_path):
     """Label dropout trains both the conditional and the null-label score: guided samples land
     on the requested component of the ring, null-label ones (scale 0) spread over all 8."""
     workdir = str(tmp_path)
     short = {
-        "training.batch_size": 256,
-        "training.n_iters": 2000,
-        "training.n_jitted_steps": 50,
-        "training.snapshot_freq": 2000,
-        "training.snapshot_freq_for_preemption": 1000,
-        "training.log_freq": 500,
-        "training.eval_freq": 2000,
+        **_one_snapshot(2000, batch_size=256, chunk=50, every=500),
         "training.snapshot_sampling": False,
         "model.width": 64,
         "model.num_blocks": 2,
@@ -128,13 +136,7 @@ def test_conditional_bits_per_dim_condition_on_the_data_labels(tmp_path):
 def test_digits_classifier_trains_and_reports_accuracy(tmp_path):
     workdir = str(tmp_path)
     small = {
-        "training.batch_size": 32,
-        "training.n_iters": 300,
-        "training.n_jitted_steps": 10,
-        "training.snapshot_freq": 300,
-        "training.snapshot_freq_for_preemption": 100,
-        "training.log_freq": 100,
-        "training.eval_freq": 300,
+        **_one_snapshot(300, batch_size=32, chunk=10, every=100),
         "training.eps": 1e-3,
         "optim.warmup": 20,
         "model.nf": 8,

@@ -34,6 +34,4 @@ def dequantize(rng: jax.Array, x: jax.Array) -> jax.Array:
 
     u is drawn example by example: example i depends only on (rng, i) and x[i].
     """
-    keys = rng_lib.example_keys(rng, x.shape[0])
-    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype))(keys)
-    return (255 * x + u) / 256
+    return (255 * x + rng_lib.uniform_noise(rng, x.shape, x.dtype)) / 256

@@ -76,10 +76,12 @@ def heun_solve(
         d_cur = (x_hat - denoise(sde, score_fn, x_hat, t_hat)) / s_hat
         x_next = x_hat + (s_next - s_hat) * d_cur
 
-        # Apply 2nd-order correction unless sigma_next = 0 (the final step to zero).
+        # Apply 2nd-order correction unless sigma_next = 0 (``final``: the step to zero, taken
+        # outside the loop; a grid of the caller's may also end at sigma = 0).
         if not final:
             d_prime = (x_next - denoise(sde, score_fn, x_next, t_next)) / s_next
-            x_next = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
+            corrected = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
+            x_next = jnp.where(s_next > 0, corrected, x_next)
         r_hat = jnp.where(t_hat == t_cur, rec_t[i], t_hat)
         traj = grids.record(
             traj, save_at, r_hat, rec_t[i + 1], sde.alpha(t_hat) * x_hat, alphas[i + 1] * x_next
