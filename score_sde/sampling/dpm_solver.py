@@ -199,7 +199,8 @@ def _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj):
 
     history = tuple(jnp.zeros_like(x) for _ in range(order - 1))  # newest first
     inputs = (ts[:-1], ts[1:], a, c, tuple(w))
-    (x, _, traj), _ = jax.lax.scan(step, (x, history, traj), inputs, unroll=grids.UNROLL)
+    carry = (x, history, traj)
+    (x, _, traj), _ = jax.lax.scan(step, carry, inputs, unroll=grids.MULTISTEP_UNROLL)
     return x, traj
 
 
