@@ -42,15 +42,19 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def _log_probs_one(self, x, alpha, sigma):
-        """log w_k + log N(x; alpha mu_k, alpha² S_k + sigma² I) for one example x: [D]."""
-        cov = alpha**2 * self.covs + sigma**2 * jnp.eye(self.dim)
-        chol = jnp.linalg.cholesky(cov)
-        diff = x - alpha * self.means
-        sol = jax.vmap(lambda c, d: jax.scipy.linalg.solve_triangular(c, d, lower=True))(chol, diff)
-        logdet = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-        quad = jnp.sum(sol**2, axis=-1)
-        return jnp.log(self.weights) - 0.5 * (self.dim * jnp.log(2 * jnp.pi) + logdet + quad)
+    def _terms(self, flat, alpha, sigma):
+        """For x: [B, D] and per-example alpha, sigma: log w_k + log N(x; alpha mu_k, C_k) [B, K]
+        and C_k^-1 (x - alpha mu_k) [B, K, D], with C_k = alpha² S_k + sigma² I. S_k = U_k
+        diag(lam_k) U_k^T is diagonalised once, so each example costs O(K D²) (no per-example
+        factorisation)."""
+        lam, u = jnp.linalg.eigh(self.covs)  # [K, D], [K, D, D]
+        var = alpha[:, None, None] ** 2 * lam + sigma[:, None, None] ** 2  # [B, K, D]
+        diff = flat[:, None] - alpha[:, None, None] * self.means  # [B, K, D]
+        proj = jnp.einsum("kde,bkd->bke", u, diff) / var  # U^T C^-1 diff
+        sol = jnp.einsum("kde,bke->bkd", u, proj)
+        quad = jnp.sum(proj**2 * var, axis=-1)
+        log_norm = self.dim * jnp.log(2 * jnp.pi) + jnp.sum(jnp.log(var), axis=-1)
+        return jnp.log(self.weights) - 0.5 * (log_norm + quad), sol
 
     def _coeffs(self, sde: SDE | None, t, batch):
         if sde is None:
@@ -58,22 +62,22 @@ class GaussianMixture:
         t = jnp.broadcast_to(jnp.asarray(t, float), (batch,))
         return sde.alpha(t), sde.marginal_std(t)
 
+    def component_log_probs(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
+        """log w_k + log N(x; alpha mu_k, alpha² S_k + sigma² I) at time t: [B, K] (the data's
+        components when ``sde`` is None); the exact logits of p_t(k | x)."""
+        flat = x.reshape(x.shape[0], -1)
+        return self._terms(flat, *self._coeffs(sde, t, x.shape[0]))[0]
+
     def log_prob(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
         """log p_t(x): [B] for x: [B, ...] (the data density when ``sde`` is None)."""
-        flat = x.reshape(x.shape[0], -1)
-        alpha, sigma = self._coeffs(sde, t, x.shape[0])
-        lp = jax.vmap(self._log_probs_one)(flat, alpha, sigma)
-        return logsumexp(lp, axis=-1)
+        return logsumexp(self.component_log_probs(x, sde, t), axis=-1)
 
     def score(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
-        """grad_x log p_t(x), with the shape of x."""
+        """grad_x log p_t(x) = -sum_k p_t(k | x) C_k^-1 (x - alpha mu_k), with the shape of x."""
         flat = x.reshape(x.shape[0], -1)
-        alpha, sigma = self._coeffs(sde, t, x.shape[0])
-
-        def one(xi, a, s):
-            return jax.grad(lambda y: logsumexp(self._log_probs_one(y, a, s)))(xi)
-
-        return jax.vmap(one)(flat, alpha, sigma).reshape(x.shape)
+        log_probs, sol = self._terms(flat, *self._coeffs(sde, t, x.shape[0]))
+        resp = jax.nn.softmax(log_probs, axis=-1)
+        return -jnp.einsum("bk,bkd->bd", resp, sol).reshape(x.shape)
 
     def score_fn(self, sde: SDE):
         """The exact ``score_fn(x, t)`` of this mixture diffused by ``sde``."""
@@ -98,10 +102,7 @@ class GaussianMixture:
 
     def responsibilities(self, x: jax.Array) -> jax.Array:
         """Posterior component probabilities p(k | x): [B, K] under the data distribution."""
-        flat = x.reshape(x.shape[0], -1)
-        ones = jnp.ones(x.shape[0])
-        lp = jax.vmap(self._log_probs_one)(flat, ones, 0 * ones)
-        return jax.nn.softmax(lp, axis=-1)
+        return jax.nn.softmax(self.component_log_probs(x), axis=-1)
 
     def mode_weights(self, x: jax.Array) -> jax.Array:
         """Fraction of samples assigned to each component (hard assignment): [K]."""

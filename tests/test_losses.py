@@ -346,8 +346,7 @@ def test_exact_classifier_minimises_the_cross_entropy(name):
     sde, gm = SDES[name], _two_class_mixture()
 
     def logits_fn(c, x, t, y, rng):
-        alpha, sigma = sde.alpha(t), sde.marginal_std(t)
-        return c * jax.vmap(gm._log_probs_one)(x, alpha, sigma)
+        return c * gm.component_log_probs(x, sde, t)
 
     loss_fn = losses.get_loss_fn(sde, logits_fn, classifier=True, per_example=True)
     x, y = jax.jit(gm.sample_labelled, static_argnums=1)(jax.random.key(3), 32768)
