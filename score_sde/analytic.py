@@ -42,11 +42,13 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
-    def _terms(self, flat, alpha, sigma):
-        """For x: [B, D] and per-example alpha, sigma: log w_k + log N(x; alpha mu_k, C_k) [B, K]
+    def _terms(self, x, sde, t):
+        """For x: [B, ...] at time t: log w_k + log N(x; alpha mu_k, C_k) [B, K]
         and C_k^-1 (x - alpha mu_k) [B, K, D], with C_k = alpha² S_k + sigma² I. S_k = U_k
         diag(lam_k) U_k^T is diagonalised once, so each example costs O(K D²) (no per-example
         factorisation)."""
+        flat = x.reshape(x.shape[0], -1)
+        alpha, sigma = self._coeffs(sde, t, x.shape[0])
         lam, u = jnp.linalg.eigh(self.covs)  # [K, D], [K, D, D]
         var = alpha[:, None, None] ** 2 * lam + sigma[:, None, None] ** 2  # [B, K, D]
         diff = flat[:, None] - alpha[:, None, None] * self.means  # [B, K, D]
@@ -65,23 +67,36 @@ class GaussianMixture:
     def component_log_probs(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
         """log w_k + log N(x; alpha mu_k, alpha² S_k + sigma² I) at time t: [B, K] (the data's
         components when ``sde`` is None); the exact logits of p_t(k | x)."""
-        flat = x.reshape(x.shape[0], -1)
-        return self._terms(flat, *self._coeffs(sde, t, x.shape[0]))[0]
+        return self._terms(x, sde, t)[0]
 
     def log_prob(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
         """log p_t(x): [B] for x: [B, ...] (the data density when ``sde`` is None)."""
         return logsumexp(self.component_log_probs(x, sde, t), axis=-1)
 
+    def _scores(self, x, sde, t):
+        """The mixture's score -sum_k p_t(k | x) C_k^-1 (x - alpha mu_k): [B, D], and each
+        component's, -C_k^-1 (x - alpha mu_k): [B, K, D]."""
+        log_probs, sol = self._terms(x, sde, t)
+        return -jnp.einsum("bk,bkd->bd", jax.nn.softmax(log_probs, axis=-1), sol), -sol
+
     def score(self, x: jax.Array, sde: SDE | None = None, t=None) -> jax.Array:
-        """grad_x log p_t(x) = -sum_k p_t(k | x) C_k^-1 (x - alpha mu_k), with the shape of x."""
-        flat = x.reshape(x.shape[0], -1)
-        log_probs, sol = self._terms(flat, *self._coeffs(sde, t, x.shape[0]))
-        resp = jax.nn.softmax(log_probs, axis=-1)
-        return -jnp.einsum("bk,bkd->bd", resp, sol).reshape(x.shape)
+        """grad_x log p_t(x), with the shape of x."""
+        return self._scores(x, sde, t)[0].reshape(x.shape)
 
     def score_fn(self, sde: SDE):
         """The exact ``score_fn(x, t)`` of this mixture diffused by ``sde``."""
         return lambda x, t: self.score(x, sde, t)
+
+    def conditional_score_fn(self, sde: SDE):
+        """The exact class-conditional ``score_fn(x, t, y)``, class k being component k
+        (y: int [B]); the null label y < 0 gives the mixture's score."""
+
+        def score(x, t, y):
+            mixed, each = self._scores(x, sde, t)
+            own = jnp.take_along_axis(each, jnp.maximum(y, 0)[:, None, None], axis=1)[:, 0]
+            return jnp.where((y < 0)[:, None], mixed, own).reshape(x.shape)
+
+        return score
 
     def sample_labelled(self, rng: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         """n exact samples and their components: ([n, D], int [n]); sample i depends only on

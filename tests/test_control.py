@@ -42,21 +42,12 @@ def labelled():
 
 def conditional_score(sde):
     """Exact score_fn(x, t, y) of p_t(x | y); y = -1 is the null label (the mixture)."""
-    mix, comps = labelled()
-
-    def score(x, t, y):
-        per = jnp.stack([c.score(x, sde, t) for c in comps] + [mix.score(x, sde, t)])
-        return jnp.take_along_axis(per, jnp.where(y < 0, 3, y)[None, :, None], 0)[0]
-
-    return score
+    return labelled()[0].conditional_score_fn(sde)
 
 
 def classifier_logits(sde):
     """Exact noise-conditional classifier: log w_k + log p_t(x | k)."""
-    _, comps = labelled()
-    return lambda x, t: jnp.stack(
-        [jnp.log(w) + c.log_prob(x, sde, t) for w, c in zip(WEIGHTS, comps, strict=True)], -1
-    )
+    return lambda x, t: labelled()[0].component_log_probs(x, sde, t)
 
 
 # --- guidance -------------------------------------------------------------------------------
