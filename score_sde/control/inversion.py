@@ -16,6 +16,24 @@ def _check_deterministic(options):
         raise ValueError(f"{noisy}: inversion needs a deterministic solver; set them to 0.")
 
 
+def _ode_solve(sde, score_fn, x, forward, *, solver, n_steps, eps, **options):
+    """The deterministic solve from eps to T (``forward``) or from T to eps; returns (x, nfe)."""
+    _check_deterministic(options)
+    eps = sde.sampling_eps if eps is None else eps
+    t_start, t_end = (eps, sde.T) if forward else (sde.T, eps)
+    return solvers.solve(
+        jax.random.PRNGKey(0),
+        sde,
+        score_fn,
+        x,
+        t_start=t_start,
+        t_end=t_end,
+        solver=solver,
+        n_steps=n_steps,
+        **options,
+    )
+
+
 def encode(
     sde: SDE,
     score_fn,
@@ -27,19 +45,7 @@ def encode(
     **options,
 ):
     """The latent at T of ``data`` at eps (default sampling_eps); returns (latent, nfe)."""
-    _check_deterministic(options)
-    eps = sde.sampling_eps if eps is None else eps
-    return solvers.solve(
-        jax.random.PRNGKey(0),
-        sde,
-        score_fn,
-        data,
-        t_start=eps,
-        t_end=sde.T,
-        solver=solver,
-        n_steps=n_steps,
-        **options,
-    )
+    return _ode_solve(sde, score_fn, data, True, solver=solver, n_steps=n_steps, eps=eps, **options)
 
 
 def decode(
@@ -53,18 +59,8 @@ def decode(
     **options,
 ):
     """Data at eps from a latent at T; returns (data, nfe)."""
-    _check_deterministic(options)
-    eps = sde.sampling_eps if eps is None else eps
-    return solvers.solve(
-        jax.random.PRNGKey(0),
-        sde,
-        score_fn,
-        latent,
-        t_start=sde.T,
-        t_end=eps,
-        solver=solver,
-        n_steps=n_steps,
-        **options,
+    return _ode_solve(
+        sde, score_fn, latent, False, solver=solver, n_steps=n_steps, eps=eps, **options
     )
 
 
