@@ -70,6 +70,12 @@ class SamplingConfig:
     # Class-conditional models: samples cycle through the classes; a scale w != 1 samples with
     # classifier-free guidance s(x, null) + w (s(x, y) - s(x, null)) (needs label_dropout > 0).
     guidance_scale: float = 1.0
+    # Classifier guidance (Song et al. 2021, Eq. 14; Dhariwal & Nichol 2021): the workdir of a
+    # noise-conditional classifier trained on the same data and SDE (model "classifier" or
+    # "mlp_classifier"). Samples then cycle through its classes, drawn with the score
+    # s(x, t) + classifier_scale * grad_x log p_t(y | x) (its latest checkpoint's EMA weights).
+    classifier_workdir: str = ""
+    classifier_scale: float = 1.0
     # Other keyword options of the method, e.g. {"eta": 0.5} for ddim or {"rtol": 1e-3} for ode.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -190,7 +196,8 @@ RANGES = {
     "> 0": (lambda v: v > 0, "sampling.snr eval.rtol eval.atol model.sigma_min optim.lr optim.eps"),
     ">= 0": (
         lambda v: v >= 0,
-        "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip",
+        "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip "
+        "sampling.classifier_scale",
     ),
     "in [0, 1)": (
         lambda v: 0 <= v < 1,
@@ -344,12 +351,11 @@ def model_kwargs(cfg: ExperimentConfig, shape: tuple[int, ...]) -> dict[str, Any
         dtype=jnp.dtype(cfg.training.compute_dtype),
     )
     options = model_options(m.name)
-    return {k: v for k, v in candidates.items() if k in options and k != "rngs"}
+    return {k: v for k, v in candidates.items() if k in options}
 
 
 def model_options(name: str) -> Mapping[str, inspect.Parameter]:
     """The keyword arguments of model ``name``'s constructor."""
-    from score_sde.models import MODELS
+    from score_sde.models import constructor_options
 
-    ctor = MODELS[name]
-    return inspect.signature(ctor.__init__ if isinstance(ctor, type) else ctor).parameters
+    return constructor_options(name)

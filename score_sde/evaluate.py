@@ -16,7 +16,9 @@ Class-conditional score models sample the classes in turn (``sampling.guidance_s
 score log p(x | y) with the data's labels; on a labelled mixture, ``class_accuracy`` is the
 fraction of samples whose most probable component is the label asked for. A classifier
 (``model.name="classifier"``) reports its cross-entropy ``loss`` and ``accuracy`` at t ~ U(eps, T)
-and ``accuracy_clean`` at t = ``training.eps``.
+and ``accuracy_clean`` at t = ``training.eps``. With ``sampling.classifier_workdir`` (classifier
+guidance, ``load_guide``), samples run through the classifier's classes, and on a labelled
+mixture ``class_accuracy`` is reported too.
 
 Results go to ``<workdir>/eval/report.json``, written after each checkpoint. A rerun skips the
 checkpoints already there (it resumes where it stopped); with ``eval.end_ckpt = -1`` it waits for
@@ -35,14 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpoint as ckpt_lib
-from score_sde import datasets, likelihood, losses, metrics
+from score_sde import datasets, likelihood, losses, metrics, models
 from score_sde import experiment as experiment_lib
 from score_sde import rng as rng_lib
 from score_sde import runlog as runlog_lib
 from score_sde import train as train_lib
-from score_sde.config import ExperimentConfig
+from score_sde.config import ConfigError, ExperimentConfig, from_config_dict, make_sde
 from score_sde.datasets.synthetic import MIXTURES
 from score_sde.experiment import Experiment, stream_key
+from score_sde.validation import get_field, require
 
 REPORT = "report.json"
 
@@ -83,6 +86,7 @@ class Loaded:
         self.losses = jax.jit(self._losses, out_shardings=rep)
         self.logp = jax.jit(self._logp, out_shardings=rep)
         self.correct = jax.jit(self._correct, out_shardings=rep)
+        self.guide = load_guide(cfg)
 
     def restore(self, step: int | None = None) -> tuple[train_lib.TrainState, int]:
         return self.ckpt.restore(self.target, step)
@@ -185,6 +189,56 @@ def eval_bpd(loaded: Loaded, state, step: int) -> dict:
     )
 
 
+# Data fields a guiding classifier must share with the score model (and the SDE).
+GUIDE_MUST_MATCH = ("data.dataset", "data.image_size", "data.num_channels", "data.centered")
+
+
+def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
+    """The classifier of ``sampling.classifier_workdir`` (its latest checkpoint, EMA weights)
+    for classifier guidance, checked against this experiment; None when the field is empty."""
+    workdir = cfg.sampling.classifier_workdir
+    if not workdir:
+        return None
+    field = f"config.sampling.classifier_workdir={workdir!r}"
+    try:
+        ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
+        saved, _ = ckpt.read_json()
+        clf = from_config_dict(saved, device_count=jax.device_count())
+    except ckpt_lib.NoCheckpointError as err:
+        raise ckpt_lib.NoCheckpointError(
+            f"{field}: {err} Train a noise-conditional classifier there first "
+            "(e.g. configs/digits_classifier.py or configs/toy/ring8_classifier.py)."
+        ) from None
+    except ConfigError as err:
+        raise ConfigError(f"{field}: its saved config is invalid here: {err}") from None
+    require(
+        clf.model.name in models.CLASSIFIERS,
+        f"{field} holds a {clf.model.name!r} model, not a classifier {models.CLASSIFIERS}.",
+    )
+    for path in GUIDE_MUST_MATCH:
+        theirs, ours = get_field(clf, path), get_field(cfg, path)
+        require(
+            theirs == ours,
+            f"{field}: its classifier has {path}={theirs!r} but this model {ours!r}; guidance "
+            "needs a classifier trained on the same data and SDE.",
+        )
+    require(
+        make_sde(clf) == make_sde(cfg),
+        f"{field}: its classifier was trained with {make_sde(clf)} but this model with "
+        f"{make_sde(cfg)} (config.training.sde and the SDE fields of config.model).",
+    )
+    classes = cfg.model.num_classes
+    require(
+        classes in (0, clf.model.num_classes),
+        f"{field}: its classifier has {clf.model.num_classes} classes but config.model."
+        f"num_classes={classes}.",
+    )
+    loaded = Loaded(clf, workdir)
+    state, _ = loaded.restore()
+    logits_fn = loaded.exp.logits_fn(state.ema_params, state.rest)
+    return experiment_lib.Guide(logits_fn, clf.model.num_classes, cfg.sampling.classifier_scale)
+
+
 def draw_samples(loaded: Loaded, state, step: int, n: int) -> np.ndarray:
     """``n`` samples in data space, drawn in batches of ``eval.batch_size``."""
     exp, bs = loaded.exp, loaded.cfg.eval.batch_size
@@ -196,6 +250,7 @@ def draw_samples(loaded: Loaded, state, step: int, n: int) -> np.ndarray:
             jax.random.fold_in(key, i),
             min(bs, n - i * bs),
             start=i * bs,
+            guide=loaded.guide,
         )
         for i in range(math.ceil(n / bs))
     ]
@@ -226,9 +281,10 @@ def sample_quality(loaded: Loaded, state, step: int, out_dir: str) -> dict:
         result["sliced_wasserstein"] = float(metrics.sliced_wasserstein(key, samples, reference))
         result["energy_distance"] = float(metrics.energy_distance(samples[:m], reference[:m]))
         mixture = MIXTURES.get(loaded.cfg.data.dataset)
-        if loaded.exp.conditional and mixture is not None:
+        labels = loaded.exp.sample_labels(0, n, loaded.guide)
+        if labels is not None and mixture is not None:
             best = np.argmax(np.asarray(jax.jit(mixture().responsibilities)(samples)), axis=1)
-            result["class_accuracy"] = float(np.mean(best == loaded.exp.sample_labels(0, n)))
+            result["class_accuracy"] = float(np.mean(best == labels))
     if jax.process_index() == 0:
         np.savez_compressed(os.path.join(out_dir, f"samples_{step}.npz"), samples=samples)
         png = runlog_lib.save_samples_png(

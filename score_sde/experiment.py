@@ -64,6 +64,16 @@ def init_model(name: str, seed: int, **kwargs) -> tuple[Any, Any, Any]:
     return graphdef[0], params, rest
 
 
+@dataclasses.dataclass(frozen=True)
+class Guide:
+    """Classifier guidance for sampling: a noise-conditional classifier's ``logits_fn(x, t)``
+    over ``num_classes`` classes, and the scale of its gradient."""
+
+    logits_fn: Partial
+    num_classes: int
+    scale: float
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
     """Everything static about a run, plus the freshly initialised model variables."""
@@ -218,22 +228,35 @@ class Experiment:
         return guidance.classifier_free_guidance(self.score_fn(params, rest), y, null, scale)
 
     # --- sampling ------------------------------------------------------------------------
-    def sample_labels(self, start: int, n: int) -> np.ndarray | None:
-        """Labels of samples start..start+n-1 of a class-conditional model: the classes in
-        turn (a grid's rows run through them); None for other models."""
-        if not self.conditional:
+    def sample_labels(self, start: int, n: int, guide: Guide | None = None) -> np.ndarray | None:
+        """Labels of samples start..start+n-1 of a class-conditional model, or under classifier
+        guidance: the classes in turn (a grid's rows run through them); None otherwise."""
+        classes = self.cfg.model.num_classes if self.conditional else 0
+        classes = classes or (guide.num_classes if guide else 0)
+        if not classes:
             return None
-        return (np.arange(start, start + n) % self.cfg.model.num_classes).astype(np.int32)
+        return (np.arange(start, start + n) % classes).astype(np.int32)
 
     def sample(
-        self, params, rest, rng: Array, n: int = SNAPSHOT_SAMPLES, *, start: int = 0
+        self,
+        params,
+        rest,
+        rng: Array,
+        n: int = SNAPSHOT_SAMPLES,
+        *,
+        start: int = 0,
+        guide: Guide | None = None,
     ) -> np.ndarray:
-        """``n`` samples in data space ([0, 1] for images), as a host array; a class-conditional
-        model's are of labels ``sample_labels(start, n)``."""
-        y = self.sample_labels(start, n)
-        score_fn = (
-            self.score_fn(params, rest) if y is None else self.guided_score_fn(params, rest, y)
-        )
+        """``n`` samples in data space ([0, 1] for images), as a host array; those of a
+        class-conditional model, or with a classifier ``guide``, are of labels
+        ``sample_labels(start, n, guide)``."""
+        y = self.sample_labels(start, n, guide)
+        if self.conditional:
+            score_fn = self.guided_score_fn(params, rest, y)
+        else:
+            score_fn = self.score_fn(params, rest)
+        if guide is not None:
+            score_fn = guidance.classifier_guidance(score_fn, guide.logits_fn, y, guide.scale)
         x, _ = sampling.sample(
             rng,
             self.sde,

@@ -25,19 +25,21 @@ from score_sde.config import (
 from score_sde.sde import SDES
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ``ConfigError(message)`` unless ``ok``."""
     if not ok:
         raise ConfigError(message)
 
 
 def _check_name(path: str, value: str, valid) -> None:
-    _require(
+    require(
         value in valid,
         f"config.{path}={value!r} is unknown; valid names: {', '.join(sorted(valid))}.",
     )
 
 
-def _get(exp: ExperimentConfig, path: str) -> Any:
+def get_field(exp: ExperimentConfig, path: str) -> Any:
+    """The value of ``path`` ("section.name") in ``exp``."""
     section, name = path.split(".")
     return getattr(getattr(exp, section), name)
 
@@ -64,60 +66,60 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
         ("model.progressive_combine", ncsnpp.COMBINE),
         ("optim.optimizer", OPTIMIZERS),
     ]:
-        _check_name(path, _get(exp, path), valid)
+        _check_name(path, get_field(exp, path), valid)
     for rule, (ok, paths) in RANGES.items():
         for path in paths.split():
-            value = _get(exp, path)
-            _require(value is None or ok(value), f"config.{path}={value} must be {rule}.")
+            value = get_field(exp, path)
+            require(value is None or ok(value), f"config.{path}={value} must be {rule}.")
     for name, only in FIXED_MODEL_FIELDS.items():
-        _require(
+        require(
             getattr(m, name) == only,
             f"config.model.{name}={getattr(m, name)!r}: only {only!r} is implemented (the field "
             "is kept so configs read like yang-song/score_sde's).",
         )
-    _require(
+    require(
         m.beta_min < m.beta_max,
         f"config.model.beta_max={m.beta_max} must be > config.model.beta_min={m.beta_min} > 0.",
     )
-    _require(0 < m.beta_min, f"config.model.beta_min={m.beta_min} must be > 0 (and < beta_max).")
-    _require(
+    require(0 < m.beta_min, f"config.model.beta_min={m.beta_min} must be > 0 (and < beta_max).")
+    require(
         m.sigma_min < m.sigma_max,
         f"config.model.sigma_min={m.sigma_min} must be < config.model.sigma_max={m.sigma_max}.",
     )
     for path in ("training.batch_size", "eval.batch_size"):
-        batch = _get(exp, path)
-        _require(
+        batch = get_field(exp, path)
+        require(
             batch >= 1 and batch % device_count == 0,
             f"config.{path}={batch} must be a positive multiple of the device count "
             f"({device_count}): each device takes an equal share of the global batch.",
         )
     for name in ("snapshot_freq", "snapshot_freq_for_preemption", "log_freq", "eval_freq"):
         freq = getattr(t, name)
-        _require(
+        require(
             freq >= 1 and freq % t.n_jitted_steps == 0,
             f"config.training.{name}={freq} must be a positive multiple of "
             f"config.training.n_jitted_steps={t.n_jitted_steps} (steps run in chunks of it).",
         )
-    _require(
+    require(
         not t.importance_sampling or t.likelihood_weighting,
         "config.training.importance_sampling=True samples t for the likelihood weighting: "
         "set config.training.likelihood_weighting=True too.",
     )
-    _require(
+    require(
         t.continuous or not t.likelihood_weighting,
         "config.training.likelihood_weighting=True needs config.training.continuous=True "
         "(the discrete DDPM/SMLD losses have fixed weights).",
     )
-    _require(
+    require(
         exp.eval.end_ckpt == -1 or exp.eval.end_ckpt >= exp.eval.begin_ckpt,
         f"config.eval.end_ckpt={exp.eval.end_ckpt} must be >= config.eval.begin_ckpt="
         f"{exp.eval.begin_ckpt} (or -1: no upper bound).",
     )
-    _require(
+    require(
         d.num_channels in (None, 1, 3),
         f"config.data.num_channels={d.num_channels} must be 1, 3 (or None for vector data).",
     )
-    _require(
+    require(
         (d.image_size is None) == (d.num_channels is None),
         f"config.data.image_size={d.image_size} and config.data.num_channels={d.num_channels}: "
         "set both (images) or neither (vector data).",
@@ -130,7 +132,7 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
 
 def _validate_sampler(s: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
     for name in s.options:
-        _require(
+        require(
             name in accepted,
             f"config.sampling.options has {name!r}, not an option of sampling.method="
             f"{s.method!r}; its options: {', '.join(accepted)}.",
@@ -138,7 +140,7 @@ def _validate_sampler(s: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
     if "predictor" in accepted:
         _check_name("sampling.predictor", s.predictor, pc.PREDICTORS)
         _check_name("sampling.corrector", s.corrector, pc.CORRECTORS)
-        _require(
+        require(
             not (s.probability_flow and s.predictor == "ancestral"),
             "config.sampling.probability_flow=True has no ancestral form: set "
             "config.sampling.predictor to 'reverse_diffusion' or 'euler_maruyama'.",
@@ -151,22 +153,22 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
     m, size = exp.model, exp.data.image_size
     options = model_options(m.name)
     needs_classes = getattr(options.get("num_classes"), "default", None) is inspect.Parameter.empty
-    _require(
+    require(
         m.num_classes > 0 or not needs_classes,
         f"config.model.name={m.name!r} needs classes: set config.model.num_classes.",
     )
     if size is None or "ch_mult" not in options:
         return
-    _require(len(m.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
+    require(len(m.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
     factor = 2 ** (len(m.ch_mult) - 1)
-    _require(
+    require(
         size % factor == 0,
         f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1)"
         f"={factor}: use a multiple of {factor} or fewer levels in ch_mult={m.ch_mult}.",
     )
     reachable = [size // 2**i for i in range(len(m.ch_mult))]
     for res in m.attn_resolutions:
-        _require(
+        require(
             res in reachable,
             f"config.model.attn_resolutions has {res}, not a resolution of the U-Net for "
             f"image_size={size}: use some of {reachable}.",
@@ -177,13 +179,13 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
     """Label dropout and guidance need a class-conditional score model; a classifier is trained
     by cross-entropy at continuous t and has no samples nor likelihood."""
     t, m, scale = exp.training, exp.model, exp.sampling.guidance_scale
-    _require(
+    require(
         t.label_dropout == 0 or (m.num_classes > 0 and not classifier),
         f"config.training.label_dropout={t.label_dropout} drops the class labels of a "
         f"class-conditional score model, but config.model.name={m.name!r} with "
         f"num_classes={m.num_classes}: set config.training.label_dropout=0.",
     )
-    _require(
+    require(
         scale == 1 or t.label_dropout > 0,
         f"config.sampling.guidance_scale={scale} needs a model trained with the null label: set "
         "config.training.label_dropout > 0 (e.g. 0.1) and config.model.num_classes, or scale 1.",
@@ -196,8 +198,10 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
         ("training.snapshot_sampling", t.snapshot_sampling, False),
         ("eval.enable_bpd", exp.eval.enable_bpd, False),
         ("eval.enable_sampling", exp.eval.enable_sampling, False),
+        ("model.scale_by_sigma", m.scale_by_sigma, False),
+        ("sampling.classifier_workdir", exp.sampling.classifier_workdir, ""),
     ]:
-        _require(
+        require(
             value == fix,
             f"config.{path}={value}: config.model.name={m.name!r} trains a noise-conditional "
             f"classifier (cross-entropy at continuous t, no samples): set config.{path}={fix}.",

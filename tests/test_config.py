@@ -185,7 +185,9 @@ def test_unknown_sde_lists_valid_names():
 
 
 def test_unknown_model_lists_valid_names():
-    _fails(_digits(**{"model.name": "unet"}), "config.model.name='unet'", "mlp, ncsnpp")
+    _fails(
+        _digits(**{"model.name": "unet"}), "config.model.name='unet'", "mlp, mlp_classifier, ncsnpp"
+    )
 
 
 def test_unknown_dataset_lists_valid_names():
@@ -251,6 +253,8 @@ def test_guidance_scale_needs_label_dropout():
         ("training.continuous", False),
         ("training.likelihood_weighting", True),
         ("training.label_dropout", 0.1),
+        ("model.scale_by_sigma", True),
+        ("sampling.classifier_workdir", "runs/other"),
     ],
 )
 def test_classifier_config_rejects_score_model_options(field, value):
@@ -259,6 +263,10 @@ def test_classifier_config_rejects_score_model_options(field, value):
     section, name = field.split(".")
     setattr(cfg[section], name, value)
     _fails(cfg, f"config.{field}={value}", "classifier")
+
+
+def test_classifier_scale_must_not_be_negative():
+    _fails(_digits(**{"sampling.classifier_scale": -1.0}), "config.sampling.classifier_scale=-1.0")
 
 
 def test_num_classes_must_match_the_data():

@@ -44,7 +44,7 @@ apply = jax.jit(models.apply, static_argnames="train")
 
 
 def _inputs(name, key=0, size=S):
-    shape = (B, 5) if name == "mlp" else (B, size, size, 3)
+    shape = (B, 5) if name.startswith("mlp") else (B, size, size, 3)
     x = jax.random.normal(jax.random.key(key), shape)
     return x, jnp.array([0.02, 0.7]), jnp.array([0.05, 3.0])
 
@@ -118,11 +118,16 @@ def test_shapes(variant):
     chex.assert_tree_all_finite(out)
 
 
-def test_classifier_logits():
-    model = _model(
-        "classifier", image_size=S, num_classes=4, nf=8, ch_mult=(1, 2), attn_resolutions=(4,)
-    )
-    x, t, sigma = _inputs("classifier")
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("classifier", dict(image_size=S, nf=8, ch_mult=(1, 2), attn_resolutions=(4,))),
+        ("mlp_classifier", dict(dim=5, width=16, num_blocks=1, nf=8)),
+    ],
+)
+def test_classifier_logits(name, kw):
+    model = _model(name, num_classes=4, **kw)
+    x, t, sigma = _inputs(name)
     state = models.split(model)
     logits = apply(*state, x, t, sigma)
     chex.assert_shape(logits, (B, 4))
@@ -250,8 +255,21 @@ def test_invalid_configuration_errors(kwargs, match):
 
 
 def test_unknown_model_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"'unet'.*\['classifier', 'ddpm', 'mlp', 'ncsnpp'\]"):
+    names = r"\['classifier', 'ddpm', 'mlp', 'mlp_classifier', 'ncsnpp'\]"
+    with pytest.raises(ValueError, match=r"'unet'.*" + names):
         models.create("unet", nnx.Rngs(0))
+
+
+def test_mlp_classifier_takes_the_mlp_options_and_refuses_sigma_scaling():
+    """Its constructor passes the MLP's options on (so configs and ``create`` see them all)."""
+    options = set(models.constructor_options("mlp_classifier"))
+    assert set(models.constructor_options("mlp")) <= options
+    with pytest.raises(ValueError, match="Unknown option.*'ch_mult'"):
+        _model("mlp_classifier", dim=5, num_classes=4, ch_mult=(1,))
+    with pytest.raises(ValueError, match="scale_by_sigma"):
+        _model("mlp_classifier", dim=5, num_classes=4, scale_by_sigma=True)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        _model("mlp_classifier", dim=5, num_classes=1)
 
 
 # --- paper parameter counts -------------------------------------------------------------------

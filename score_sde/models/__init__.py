@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
 
 import jax
 from flax import nnx
@@ -27,7 +26,7 @@ from flax import nnx
 from score_sde.models.classifier import Classifier
 from score_sde.models.ddpm import DDPM
 from score_sde.models.embeddings import FourierWeights
-from score_sde.models.mlp import MLP
+from score_sde.models.mlp import MLP, MLPClassifier
 from score_sde.models.ncsnpp import NCSNpp
 
 __all__ = [
@@ -38,22 +37,25 @@ __all__ = [
     "DDPM",
     "FourierWeights",
     "MLP",
+    "MLPClassifier",
     "NCSNpp",
     "apply",
+    "constructor_options",
     "count_params",
     "create",
     "split",
 ]
 
-MODELS: dict[str, Callable[..., nnx.Module]] = {
+MODELS: dict[str, type[nnx.Module]] = {
     "mlp": MLP,
     "ncsnpp": NCSNpp,
     "ddpm": DDPM,
     "classifier": Classifier,
+    "mlp_classifier": MLPClassifier,
 }
 
 # Models that output class logits [B, num_classes] (trained by cross-entropy, not score matching).
-CLASSIFIERS = ("classifier",)
+CLASSIFIERS = ("classifier", "mlp_classifier")
 
 _DDPMPP_CIFAR10 = dict(
     name="ncsnpp",
@@ -107,19 +109,30 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def create(name: str, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """Build model ``name`` (a key of MODELS) with keyword options; unknown options are errors."""
+def constructor_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of model ``name``'s constructor, with those it passes on to its base
+    class through ``**kwargs``."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}.")
-    ctor = MODELS[name]
-    init = ctor.__init__ if isinstance(ctor, type) else ctor  # NNX's metaclass hides __init__
-    options = set(inspect.signature(init).parameters) - {"self", "rngs"}
-    unknown = sorted(set(kwargs) - options)
+    options = {}
+    for cls in [c for c in MODELS[name].__mro__ if "__init__" in vars(c)]:
+        params = inspect.signature(cls.__init__).parameters  # NNX's metaclass hides signature(cls)
+        options = {**params, **options}
+        if all(p.kind is not p.VAR_KEYWORD for p in params.values()):
+            break
+    skip = ("self", "rngs")
+    return {k: p for k, p in options.items() if k not in skip and p.kind is not p.VAR_KEYWORD}
+
+
+def create(name: str, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    """Build model ``name`` (a key of MODELS) with keyword options; unknown options are errors."""
+    options = constructor_options(name)
+    unknown = sorted(set(kwargs) - set(options))
     if unknown:
         raise ValueError(
             f"Unknown option(s) {unknown} for model {name!r}; valid options: {sorted(options)}."
         )
-    return ctor(rngs=rngs, **kwargs)
+    return MODELS[name](rngs=rngs, **kwargs)
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:

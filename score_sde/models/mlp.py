@@ -1,4 +1,5 @@
-"""Score network for low-dimensional data [B, D]: a residual MLP conditioned on the noise level."""
+"""Networks for low-dimensional data [B, D]: a residual MLP conditioned on the noise level, as a
+score model and as a noise-conditional classifier."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class MLP(nnx.Module):
         scale_by_sigma: bool = False,
         num_classes: int | None = None,
         null_label: bool = False,
+        outputs: int | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -72,7 +74,7 @@ class MLP(nnx.Module):
             )
             for _ in range(num_blocks)
         )
-        self.dense_out = layers.dense(width, dim, prec, rngs, init_scale)
+        self.dense_out = layers.dense(width, outputs or dim, prec, rngs, init_scale)
         self.scale_by_sigma, self.dtype, self.has_dropout = scale_by_sigma, dtype, dropout > 0
 
     def __call__(
@@ -94,3 +96,22 @@ class MLP(nnx.Module):
         if self.scale_by_sigma:
             h = h / sigma.astype(jnp.float32)[:, None]
         return h.astype(x.dtype)
+
+
+class MLPClassifier(MLP):
+    """Noise-conditional classifier for x: [B, dim]: the MLP's trunk with a head of
+    ``num_classes`` logits, log p_t(y | x) up to a constant (for classifier guidance)."""
+
+    def __init__(
+        self, *, num_classes: int, init_scale: float = 1.0, scale_by_sigma: bool = False, **kwargs
+    ):
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+        if scale_by_sigma:
+            raise ValueError("scale_by_sigma=True: a classifier's logits are not scaled by sigma.")
+        super().__init__(outputs=num_classes, init_scale=init_scale, **kwargs)
+
+    def __call__(self, x, t, sigma, y=None, *, train=False, rngs=None):
+        if y is not None:
+            raise ValueError("The classifier predicts labels: call it with y=None.")
+        return super().__call__(x, t, sigma, train=train, rngs=rngs).astype(jnp.float32)
