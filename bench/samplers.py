@@ -59,6 +59,7 @@ def fixed_budget(budget: int) -> list[tuple[str, str, dict]]:
         ("dpm++ 2S", "dpm_solver", dict(n_steps=half, stepping="singlestep")),
         ("dpm++ 3S", "dpm_solver", dict(n_steps=third, order=3, stepping="singlestep")),
         ("heun (edm)", "heun", dict(n_steps=half)),
+        ("heun, uniform t", "heun", dict(n_steps=half, time_grid="uniform")),
     ]
 
 

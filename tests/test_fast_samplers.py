@@ -125,13 +125,14 @@ def pf_heun_in_sigma(sde, score_fn, x_T, sigmas):
     return x
 
 
+@pytest.mark.parametrize("grid", ["edm", "uniform"])
 @pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.VESDE()])
-def test_heun_without_churn_is_heun_on_the_probability_flow_ode(sde):
+def test_heun_without_churn_is_heun_on_the_probability_flow_ode(sde, grid):
     score_fn = gaussian().score_fn(sde)
     rng, shape = jax.random.PRNGKey(1), (8, 3)
-    x, nfe = sampling.sample(rng, sde, score_fn, shape, method="heun", n_steps=6)
+    x, nfe = sampling.sample(rng, sde, score_fn, shape, "heun", n_steps=6, time_grid=grid)
     assert nfe == 11
-    ts = grids.time_grid(sde, 5, "edm")
+    ts = grids.time_grid(sde, 5, grid)
     sigmas = np.append(np.asarray(grids.sigma_tilde(sde, ts)), 0.0)
     x_T = sde.prior_sampling(jax.random.split(rng)[0], shape)
     want = jax.jit(lambda x: pf_heun_in_sigma(sde, score_fn, x, sigmas))(x_T)
@@ -235,6 +236,7 @@ METHODS = [  # (method, options, nfe)
     ("dpm_solver", dict(n_steps=10), 10),
     ("dpm_solver", dict(n_steps=5, order=3, stepping="singlestep", prediction="noise"), 12),
     ("heun", dict(n_steps=10), 19),
+    ("heun", dict(n_steps=10, time_grid="uniform"), 19),
     ("dpm_solver_adaptive", dict(rtol=0.05, atol=0.01), None),
     ("heun", dict(n_steps=40, S_churn=20.0), 79),  # churn needs steps (EDM uses 256 on ImageNet)
 ]
@@ -345,6 +347,7 @@ def test_clear_errors_for_bad_options():
         ("dpm_solver", dict(time_grid="karras"), "time_grid='karras'"),
         ("dpm_solver_adaptive", dict(order=1), "order=1"),
         ("heun", dict(n_steps=1), "n_steps=1"),
+        ("heun", dict(time_grid="karras"), "time_grid='karras'"),
         ("ddim", dict(eta=-1.0), "eta=-1.0"),
         ("ddim", dict(discrete=True, n_steps=2000), "n_steps=2000"),
         ("ddim", dict(discrete=True, time_grid="edm"), "discrete=True"),
