@@ -204,7 +204,7 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
         require(
             value == fix,
             f"config.{path}={value}: config.model.name={m.name!r} trains a noise-conditional "
-            f"classifier (cross-entropy at continuous t, no samples): set config.{path}={fix}.",
+            f"classifier (cross-entropy at continuous t, no samples): set config.{path}={fix!r}.",
         )
 
 
