@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 
 import jax
 from flax import nnx
@@ -46,7 +47,7 @@ __all__ = [
     "split",
 ]
 
-MODELS: dict[str, type[nnx.Module]] = {
+MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp": MLP,
     "ncsnpp": NCSNpp,
     "ddpm": DDPM,
@@ -114,9 +115,15 @@ def constructor_options(name: str) -> dict[str, inspect.Parameter]:
     class through ``**kwargs``."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}.")
+    ctor = MODELS[name]  # a class, or a function that builds one (DDPM)
+    chain = (
+        [c.__init__ for c in ctor.__mro__ if "__init__" in vars(c)]
+        if isinstance(ctor, type)
+        else [ctor]
+    )
     options = {}
-    for cls in [c for c in MODELS[name].__mro__ if "__init__" in vars(c)]:
-        params = inspect.signature(cls.__init__).parameters  # NNX's metaclass hides signature(cls)
+    for init in chain:  # __init__ itself: NNX's metaclass hides signature(cls)
+        params = inspect.signature(init).parameters
         options = {**params, **options}
         if all(p.kind is not p.VAR_KEYWORD for p in params.values()):
             break
