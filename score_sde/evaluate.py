@@ -222,10 +222,11 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
             f"{field}: its classifier has {path}={theirs!r} but this model {ours!r}; guidance "
             "needs a classifier trained on the same data and SDE.",
         )
+    theirs, ours = make_sde(clf), make_sde(cfg)
     require(
-        make_sde(clf) == make_sde(cfg),
-        f"{field}: its classifier was trained with {make_sde(clf)} but this model with "
-        f"{make_sde(cfg)} (config.training.sde and the SDE fields of config.model).",
+        theirs == ours,
+        f"{field}: its classifier was trained with {theirs} but this model with {ours} "
+        "(config.training.sde and the SDE fields of config.model).",
     )
     classes = cfg.model.num_classes
     require(

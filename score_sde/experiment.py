@@ -231,9 +231,11 @@ class Experiment:
     def sample_labels(self, start: int, n: int, guide: Guide | None = None) -> np.ndarray | None:
         """Labels of samples start..start+n-1 of a class-conditional model, or under classifier
         guidance: the classes in turn (a grid's rows run through them); None otherwise."""
-        classes = self.cfg.model.num_classes if self.conditional else 0
-        classes = classes or (guide.num_classes if guide else 0)
-        if not classes:
+        if self.conditional:
+            classes = self.cfg.model.num_classes
+        elif guide is not None:
+            classes = guide.num_classes
+        else:
             return None
         return (np.arange(start, start + n) % classes).astype(np.int32)
 
