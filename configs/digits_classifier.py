@@ -4,15 +4,10 @@ configs/digits.py model): the encoder half of its U-Net, trained by cross-entrop
     score-sde --config configs/digits_classifier.py --workdir runs/digits_classifier --mode train
 """
 
-from configs import digits
+from configs import as_classifier, digits
 
 
 def get_config():
-    config = digits.get_config()
-    config.model.name = "classifier"
-    config.model.num_classes = 10
+    config = as_classifier(digits.get_config(), "classifier", num_classes=10)
     config.training.n_iters = 1000
-    config.training.snapshot_sampling = False
-    config.eval.enable_bpd = False
-    config.eval.enable_sampling = False
     return config

@@ -7,16 +7,12 @@ the configs/toy/ring8_vp.py model:
         --config.sampling.classifier_workdir=runs/ring8_clf
 """
 
+from configs import as_classifier
 from configs.default_toy_configs import get_default_configs
 
 
 def get_config():
-    config = get_default_configs("ring8", "vpsde")
-    config.model.name = "mlp_classifier"
-    config.model.num_classes = 8
+    config = as_classifier(get_default_configs("ring8", "vpsde"), "mlp_classifier", num_classes=8)
     config.training.n_iters = 5000
     config.training.snapshot_freq = 5000
-    config.training.snapshot_sampling = False
-    config.eval.enable_bpd = False
-    config.eval.enable_sampling = False
     return config
