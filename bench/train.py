@@ -18,7 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde import train
+from score_sde import sharding, train
 from score_sde.config import from_config_dict
 from score_sde.models import count_params
 
@@ -58,7 +58,7 @@ def bench(name: str, cfg, steps: int, scan: bool | None, peak: float) -> dict:
     )  # fmt: skip
     k = cfg.training.n_jitted_steps
     it = trainer.exp.data_iterator("train")
-    batches = train.put_batches([next(it) for _ in range(k)], trainer.mesh)
+    batches = sharding.put_batches([next(it) for _ in range(k)], trainer.mesh)
     state = trainer.initial_state()
     start = time.perf_counter()
     state, metrics = step_fn(state, batches)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpoint as ckpt_lib
-from score_sde import datasets, likelihood, losses, metrics, models
+from score_sde import datasets, likelihood, losses, metrics, models, sharding
 from score_sde import experiment as experiment_lib
 from score_sde import rng as rng_lib
 from score_sde import runlog as runlog_lib
@@ -75,14 +75,14 @@ class Loaded:
 
     def __init__(self, cfg: ExperimentConfig, workdir: str):
         self.cfg = cfg
-        self.mesh = train_lib.make_mesh()
+        self.mesh = sharding.make_mesh()
         self.exp = Experiment.create(cfg)
         optimizer = train_lib.make_optimizer(cfg.optim)
         self.target = train_lib.init_state(
             cfg.seed, self.exp.params, self.exp.rest, optimizer, self.mesh
         )
         self.ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
-        rep = train_lib.replicated(self.mesh)
+        rep = sharding.replicated(self.mesh)
         self.losses = jax.jit(self._losses, out_shardings=rep)
         self.logp = jax.jit(self._logp, out_shardings=rep)
         self.correct = jax.jit(self._correct, out_shardings=rep)
@@ -96,7 +96,7 @@ class Loaded:
         ec = self.cfg.eval
         it = self.exp.data_iterator(ec.bpd_split, batch_size=ec.batch_size, repeat=False)
         for i, batch in enumerate(it):
-            yield i, train_lib.put_global(batch, self.mesh, axis=0)
+            yield i, sharding.put_global(batch, self.mesh, axis=0)
 
     def _losses(self, state, batch, index):
         """(per-example eval losses of the EMA parameters [B], the batch's mask [B])."""

@@ -23,17 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from score_sde import checkpoint as ckpt_lib
 from score_sde import experiment as experiment_lib
 from score_sde import runlog as runlog_lib
 from score_sde.config import ExperimentConfig, OptimConfig
 from score_sde.experiment import stream_key
+from score_sde.sharding import make_mesh, put_batches, put_global, put_replicated, replicated
 
 Array = jax.Array
-DATA_AXIS = "data"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,42 +73,6 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
         weight_decay=optim.weight_decay,
     )
     return optax.chain(clip, adam)
-
-
-# --- mesh and placement ----------------------------------------------------------------------
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    """A 1-D mesh over ``devices`` (default: all devices of all processes), axis "data"."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh(
-        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
-
-
-def replicated(mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def put_replicated(tree, mesh):
-    """Place a host pytree on every device of ``mesh`` (works across processes: each process
-    passes the same full value)."""
-    sharding = replicated(mesh)
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree
-    )
-
-
-def put_global(tree, mesh, axis: int = 0):
-    """Assemble global arrays from each process's slice, sharded along "data" on ``axis`` (the
-    batch axis): process p's rows are rows p·B_local + [0, B_local) of the global batch."""
-    sharding = NamedSharding(mesh, P(*[None] * axis, DATA_AXIS))
-    return jax.tree.map(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree
-    )
-
-
-def put_batches(batches: list[dict], mesh) -> dict[str, Array]:
-    """This process's ``k`` batches as global [k, B, ...] arrays (one scan step per row)."""
-    return put_global(jax.tree.map(lambda *a: np.stack(a), *batches), mesh, axis=1)
 
 
 def init_state(seed: int, params, rest, optimizer, mesh) -> TrainState:

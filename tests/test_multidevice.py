@@ -40,12 +40,12 @@ EIGHT_DEVICES = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     from test_train import TINY_TOY, as_flags, tiny_toy_config
-    from score_sde import train
+    from score_sde import sharding, train
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_toy_config(**{overrides!r})
     out = {{}}
     for n in (8, 1):
-        mesh = train.make_mesh(jax.devices()[:n])
+        mesh = sharding.make_mesh(jax.devices()[:n])
         state = train.Trainer(cfg, mesh=mesh).run(f"{{sys.argv[1]}}/{{n}}", progress=False)
         w = state.params
         out[n] = dict(

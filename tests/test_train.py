@@ -12,6 +12,7 @@ import pytest
 
 from score_sde import checkpoint as ckpt_lib
 from score_sde import experiment as experiment_lib
+from score_sde import sharding
 from score_sde import train as train_lib
 from score_sde.config import OptimConfig, from_config_dict
 
@@ -77,7 +78,7 @@ def _prepare(batch, rng):
 def _setup(optim=None):
     optim = optim or OptimConfig(lr=LR, warmup=WARMUP, grad_clip=0.0)
     optimizer = train_lib.make_optimizer(optim)
-    mesh = train_lib.make_mesh()
+    mesh = sharding.make_mesh()
     params, rest = {"w": np.zeros(3, np.float32)}, {"c": np.full(3, 0.5, np.float32)}
     state = train_lib.init_state(0, params, rest, optimizer, mesh)
     step_fn = train_lib.make_train_step(quadratic_builder, optimizer, EMA, mesh, _prepare)
@@ -85,7 +86,7 @@ def _setup(optim=None):
 
 
 def _batches(values, mesh):
-    return train_lib.put_batches([{"x": np.asarray(v, np.float32)[None]} for v in values], mesh)
+    return sharding.put_batches([{"x": np.asarray(v, np.float32)[None]} for v in values], mesh)
 
 
 def _host(state):
@@ -138,9 +139,9 @@ def test_scan_and_loop_agree_on_the_mlp():
     """The scan path (GPU/TPU default) and the CPU loop train the toy MLP alike."""
     cfg = tiny_toy_config()
     exp = experiment_lib.Experiment.create(cfg)
-    optimizer, mesh = train_lib.make_optimizer(cfg.optim), train_lib.make_mesh()
+    optimizer, mesh = train_lib.make_optimizer(cfg.optim), sharding.make_mesh()
     it = exp.data_iterator("train")
-    batches = train_lib.put_batches([next(it) for _ in range(3)], mesh)
+    batches = sharding.put_batches([next(it) for _ in range(3)], mesh)
     out = {}
     for scan in (True, False):
         state = train_lib.init_state(cfg.seed, exp.params, exp.rest, optimizer, mesh)
