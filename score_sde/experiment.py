@@ -239,20 +239,9 @@ class Experiment:
             return None
         return (np.arange(start, start + n) % classes).astype(np.int32)
 
-    def sample(
-        self,
-        params,
-        rest,
-        rng: Array,
-        n: int = SNAPSHOT_SAMPLES,
-        *,
-        start: int = 0,
-        guide: Guide | None = None,
-    ) -> np.ndarray:
-        """``n`` samples in data space ([0, 1] for images), as a host array; those of a
-        class-conditional model, or with a classifier ``guide``, are of labels
-        ``sample_labels(start, n, guide)``."""
-        y = self.sample_labels(start, n, guide)
+    def draw(self, params, rest, rng: Array, y: Array | None, n: int, guide=None) -> Array:
+        """``n`` samples in data space as a device array (jit-able; images clipped to [0, 1]),
+        of labels ``y`` [n] for a class-conditional model or a classifier ``guide``."""
         if self.conditional:
             score_fn = self.guided_score_fn(params, rest, y)
         else:
@@ -267,5 +256,21 @@ class Experiment:
             method=self.cfg.sampling.method,
             **sampling_kwargs(self.cfg),
         )
-        x = np.asarray(jax.device_get(self.inverse_scaler(x)))
-        return np.clip(x, 0.0, 1.0) if len(self.data_shape) == 3 else x
+        x = self.inverse_scaler(x)
+        return jnp.clip(x, 0.0, 1.0) if len(self.data_shape) == 3 else x
+
+    def sample(
+        self,
+        params,
+        rest,
+        rng: Array,
+        n: int = SNAPSHOT_SAMPLES,
+        *,
+        start: int = 0,
+        guide: Guide | None = None,
+    ) -> np.ndarray:
+        """``n`` samples in data space ([0, 1] for images), as a host array; those of a
+        class-conditional model, or with a classifier ``guide``, are of labels
+        ``sample_labels(start, n, guide)``."""
+        y = self.sample_labels(start, n, guide)
+        return np.asarray(jax.device_get(self.draw(params, rest, rng, y, n, guide)))
