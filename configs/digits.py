@@ -28,7 +28,9 @@ def get_config():
     sampling.n_steps = 250
 
     evaluate = config.eval
-    evaluate.begin_ckpt = training.get_ref("n_iters")  # --mode eval: the final checkpoint only
+    # --mode eval: the final checkpoint only. "+ 0" makes a derived value: it follows n_iters,
+    # and --config.eval.begin_ckpt=0 replaces it (a plain reference would set n_iters to 0).
+    evaluate.begin_ckpt = training.get_ref("n_iters") + 0
     evaluate.batch_size = 128
     evaluate.enable_loss = True
     evaluate.enable_bpd = True

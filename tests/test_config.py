@@ -345,6 +345,14 @@ def test_typo_in_command_line_override_fails():
         cfg.training.n_itres = 5
 
 
+def test_digits_begin_ckpt_follows_n_iters_and_overrides_alone():
+    path = str(ROOT / "configs" / "digits.py")
+    cfg = _parse_flags(f"--config={path}", "--config.training.n_iters=40")
+    assert cfg.eval.begin_ckpt == 40
+    cfg = _parse_flags(f"--config={path}", "--config.eval.begin_ckpt=0")
+    assert (cfg.eval.begin_ckpt, cfg.training.n_iters) == (0, 1500)
+
+
 def test_round_trips():
     exp = from_config_dict(_load("configs/ve/cifar10_ncsnpp_continuous.py"), device_count=1)
     assert from_config_dict(dataclasses.asdict(exp), device_count=1) == exp
