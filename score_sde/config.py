@@ -94,6 +94,15 @@ class EvalConfig:
     rtol: float = 1e-5  # ODE solver tolerances of the likelihood
     atol: float = 1e-5
     eps: float = 1e-5  # likelihood start time
+    # Image quality of image models (with enable_sampling): FID, KID, IS, precision/recall and
+    # density/coverage of num_fid_samples samples (0: off) against reference statistics of
+    # fid_split (score_sde.fid_eval).
+    num_fid_samples: int = 50_000
+    fid_split: str = "train"
+    fid_reference_size: int = 0  # the first n examples of fid_split; 0: all of them
+    fid_stats: str = ""  # reference statistics (.npz); "": computed once into the cache
+    fid_subsample: int = 10_000  # features kept per side for KID, precision/recall, density
+    inception_weights: str = ""  # converted Inception weights (.npz); "": found in the cache
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,12 @@ last one) with the EMA parameters:
   -log2 p(y) / D + 8 for data in [0, 1], + 7 centred to [-1, 1] (``likelihood.bits_per_dim``).
   Vector data is continuous: bits/dim are -log2 p(x) / D, with no offset;
 - ``samples``: ``eval.num_samples`` samples (a grid PNG and an .npz); for vector data also the
-  sliced Wasserstein and energy distances to the held-out split (image FID is a later issue).
+  sliced Wasserstein and energy distances to the held-out split;
+- image quality (images, with ``eval.enable_sampling`` and ``eval.num_fid_samples`` > 0):
+  ``fid``, ``kid`` (and ``kid_std``), ``inception_score`` (with pytorch-fid's weights, which
+  have the logits; null otherwise), ``precision``, ``recall``, ``density`` and ``coverage``
+  of ``eval.num_fid_samples`` samples against the statistics of ``eval.fid_split``
+  (``fid_eval``). Without Inception weights they are null and one line says how to get them.
 
 Class-conditional score models sample the classes in turn (``sampling.guidance_scale``) and
 score log p(x | y) with the data's labels; on a labelled mixture, ``class_accuracy`` is the
@@ -20,7 +25,8 @@ and ``accuracy_clean`` at t = ``training.eps``. With ``sampling.classifier_workd
 guidance, ``load_guide``), samples run through the classifier's classes, and on a labelled
 mixture ``class_accuracy`` is reported too.
 
-Results go to ``<workdir>/eval/report.json``, written after each checkpoint. A rerun skips the
+Results go to ``<workdir>/eval/report.json``, written after each checkpoint, and to
+TensorBoard (``<workdir>/eval/tensorboard``). A rerun skips the
 checkpoints already there (it resumes where it stopped); with ``eval.end_ckpt = -1`` it waits for
 new checkpoints until the final step is evaluated, so it can run beside training.
 """
@@ -37,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import checkpoint as ckpt_lib
-from score_sde import datasets, likelihood, losses, metrics, models, sharding
+from score_sde import datasets, fid_eval, likelihood, losses, metrics, models, sharding
 from score_sde import experiment as experiment_lib
 from score_sde import rng as rng_lib
 from score_sde import runlog as runlog_lib
@@ -45,9 +51,9 @@ from score_sde import train as train_lib
 from score_sde.config import ConfigError, ExperimentConfig, from_config_dict, make_sde
 from score_sde.datasets.synthetic import MIXTURES
 from score_sde.experiment import Experiment, stream_key
-from score_sde.validation import get_field, require
+from score_sde.validation import MIN_FID_SET, get_field, require
 
-REPORT = "report.json"
+REPORT = runlog_lib.REPORT
 
 
 def eval_dir(workdir: str) -> str:
@@ -60,14 +66,6 @@ def load_report(workdir: str) -> dict:
         return {"checkpoints": {}}
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path: str, value: dict) -> None:
-    """Write atomically: a reader never sees half a report."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
 
 
 class Loaded:
@@ -87,6 +85,9 @@ class Loaded:
         self.logp = jax.jit(self._logp, out_shardings=rep)
         self.correct = jax.jit(self._correct, out_shardings=rep)
         self.guide = load_guide(cfg)
+        self.images = len(self.exp.data_shape) == 3
+        if self.images:
+            self.draw_uint8 = fid_eval.sample_fn(self)
 
     def restore(self, step: int | None = None) -> tuple[train_lib.TrainState, int]:
         return self.ckpt.restore(self.target, step)
@@ -297,7 +298,9 @@ def sample_quality(loaded: Loaded, state, step: int, out_dir: str) -> dict:
     return result
 
 
-def evaluate_checkpoint(loaded: Loaded, step: int, out_dir: str) -> dict:
+def evaluate_checkpoint(
+    loaded: Loaded, step: int, out_dir: str, quality: fid_eval.ImageQuality | None = None
+) -> dict:
     state, step = loaded.restore(step)
     ec, result = loaded.cfg.eval, {}
     started = time.perf_counter()
@@ -309,6 +312,8 @@ def evaluate_checkpoint(loaded: Loaded, step: int, out_dir: str) -> dict:
         result.update(eval_bpd(loaded, state, step))
     if ec.enable_sampling:
         result.update(sample_quality(loaded, state, step, out_dir))
+    if quality is not None:
+        result.update(quality(loaded, state, step, out_dir))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -334,35 +339,32 @@ def evaluate(
     step: int | None = None,
     poll_seconds: float = 10.0,
     timeout_seconds: float = 600.0,
+    progress: bool = True,
 ) -> dict:
     """Evaluate the snapshot checkpoints of ``workdir`` (or only ``step``); returns the report.
 
     Follows training: with ``eval.end_ckpt = -1`` it waits for new checkpoints until the final
     step (``training.n_iters``) is done, or until none appears for ``timeout_seconds``.
     """
+    images = cfg.data.image_size is not None
+    quality = fid_eval.ImageQuality(cfg, images=images, progress=progress)  # bad paths fail early
     loaded = Loaded(cfg, workdir)
-    out_dir = eval_dir(workdir)
-    os.makedirs(out_dir, exist_ok=True)
-    report = load_report(workdir)
-    done = report["checkpoints"]
+    log = runlog_lib.EvalLog(eval_dir(workdir), load_report(workdir))
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     last_new, waiting = time.monotonic(), False
     while True:
         steps = (
             [step] if step is not None else [s for s in loaded.ckpt.all_steps() if _wanted(cfg, s)]
         )
-        todo = [s for s in steps if str(s) not in done]
-        for s in todo:
+        for s in [s for s in steps if str(s) not in log.done]:
             say(f"Evaluating checkpoint {s} ...")
-            result = done[str(s)] = evaluate_checkpoint(loaded, s, out_dir)
+            result = evaluate_checkpoint(loaded, s, log.out_dir, quality)
             numbers = (f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
             say(f"  step {s}: " + ", ".join(numbers))
-            report["latest"] = {"step": s, **result}
-            if jax.process_index() == 0:
-                _write_json(os.path.join(out_dir, REPORT), report)
+            log.add(s, result)
             last_new, waiting = time.monotonic(), False
         final = cfg.training.n_iters
-        if step is not None or cfg.eval.end_ckpt != -1 or str(final) in done:
+        if step is not None or cfg.eval.end_ckpt != -1 or str(final) in log.done:
             break
         if time.monotonic() - last_new > timeout_seconds:
             say(f"No new checkpoint for {timeout_seconds:.0f} s; step {final} not reached: done.")
@@ -371,14 +373,27 @@ def evaluate(
             say(f"Waiting for checkpoints up to step {final} (at most {timeout_seconds:.0f} s).")
             waiting = True
         time.sleep(poll_seconds)
-    return report
+    log.close()
+    return log.report
 
 
 def generate(
-    cfg: ExperimentConfig, workdir: str, *, step: int | None = None, num_samples: int = 64
+    cfg: ExperimentConfig,
+    workdir: str,
+    *,
+    step: int | None = None,
+    num_samples: int = 64,
+    fid: bool = False,
+    progress: bool = True,
 ) -> str:
     """Samples of checkpoint ``step`` (default: the latest) as ``<workdir>/samples/sample_<step>``
-    .png and .npz; returns the PNG's path."""
+    .png and .npz; returns the PNG's path. With ``fid``, also their image metrics against the
+    reference statistics (``fid_eval``), in ``sample_<step>_metrics.json``."""
+    if fid and cfg.data.image_size is None:
+        raise ConfigError(f"--fid: config.data.dataset={cfg.data.dataset!r} is not image data.")
+    if fid and num_samples < MIN_FID_SET:
+        raise ConfigError(f"--fid with --num_samples={num_samples}: draw at least {MIN_FID_SET}.")
+    inception = fid_eval.load_inception(cfg) if fid else None  # a bad path fails early
     loaded = Loaded(cfg, workdir)
     state, step = loaded.restore(step)
     samples = draw_samples(loaded, state, step, num_samples)
@@ -388,4 +403,11 @@ def generate(
     if jax.process_index() == 0:
         np.savez_compressed(os.path.join(out, f"sample_{step}.npz"), samples=samples)
         runlog_lib.save_samples_png(path, samples)
+    if fid:
+        result = fid_eval.images_metrics(cfg, inception, samples, progress=progress)
+        result = {"step": step, "num_samples": num_samples, **result}
+        if jax.process_index() == 0:
+            runlog_lib.write_json(os.path.join(out, f"sample_{step}_metrics.json"), result)
+            numbers = (f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
+            print(f"Step {step}, {num_samples} samples: " + ", ".join(numbers))
     return path

@@ -33,7 +33,7 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-STREAMS = {"train": 0, "eval_loss": 1, "sample": 2, "bpd": 3, "metrics": 4}
+STREAMS = {"train": 0, "eval_loss": 1, "sample": 2, "bpd": 3, "metrics": 4, "fid": 5}
 
 
 def stream_key(base: Array, stream: str, step: int | Array) -> Array:

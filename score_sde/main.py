@@ -3,6 +3,7 @@
     python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode train
     python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode eval
     python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode sample
+    python -m score_sde.main --config configs/digits.py --mode fid_stats
 
 Any config field can be overridden, e.g. ``--config.training.n_iters=2000``. The config is
 validated first: an invalid one stops the job with one line naming the field (exit code 2).
@@ -20,11 +21,17 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, samples and reports.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to run.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "sample", "fid_stats"],
+    "What to run; fid_stats: the FID reference statistics of config.eval.fid_split (no workdir).",
+)
 flags.DEFINE_integer(
     "step", None, "eval/sample: the checkpoint step (default: eval all, sample latest)."
 )
 flags.DEFINE_integer("num_samples", 64, "sample: how many samples to draw.")
+flags.DEFINE_bool("fid", False, "sample: also their FID, KID, IS and precision/recall.")
 flags.DEFINE_float(
     "eval_timeout", 600.0, "eval: stop waiting for new checkpoints after this many seconds."
 )
@@ -38,8 +45,10 @@ flags.DEFINE_integer(
     "num_processes", None, "multihost: number of processes (default: auto-detect)."
 )
 flags.DEFINE_integer("process_id", None, "multihost: this process's index (default: auto-detect).")
-flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool(
+    "progress", True, "Show progress bars (training steps, images through Inception)."
+)
+flags.mark_flags_as_required(["config"])
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
 
@@ -57,12 +66,16 @@ def main(argv) -> int:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
+    if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
+        print(f"--workdir is required for --mode {FLAGS.mode}.", file=sys.stderr)
+        return EXIT_CONFIG
     return run_job(
         FLAGS.config,
         FLAGS.workdir,
         mode=FLAGS.mode,
         step=FLAGS.step,
         num_samples=FLAGS.num_samples,
+        fid=FLAGS.fid,
         eval_timeout=FLAGS.eval_timeout,
         progress=FLAGS.progress,
     )
@@ -70,11 +83,12 @@ def main(argv) -> int:
 
 def run_job(
     config,
-    workdir: str,
+    workdir: str | None,
     *,
     mode: str = "train",
     step: int | None = None,
     num_samples: int = 64,
+    fid: bool = False,
     eval_timeout: float = 600.0,
     progress: bool = True,
 ) -> int:
@@ -85,6 +99,7 @@ def run_job(
 
     from score_sde.checkpoint import CheckpointMismatchError, NoCheckpointError
     from score_sde.config import ConfigError, from_config_dict
+    from score_sde.datasets import DatasetNotPreparedError
     from score_sde.train import NonFiniteLossError
 
     try:
@@ -100,17 +115,28 @@ def run_job(
         elif mode == "eval":
             from score_sde.evaluate import evaluate
 
-            evaluate(cfg, workdir, step=step, timeout_seconds=eval_timeout)
+            evaluate(cfg, workdir, step=step, timeout_seconds=eval_timeout, progress=progress)
+        elif mode == "fid_stats":
+            from score_sde.fid_eval import fid_stats_job
+
+            fid_stats_job(cfg, progress=progress)
         else:
             from score_sde.evaluate import generate
 
-            path = generate(cfg, workdir, step=step, num_samples=num_samples)
+            path = generate(
+                cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
+            )
             if jax.process_index() == 0:
                 print(f"Wrote {path}")
     except NonFiniteLossError as err:
         print(str(err), file=sys.stderr)
         return EXIT_DIVERGED
-    except (CheckpointMismatchError, NoCheckpointError, ConfigError) as err:  # data vs config
+    except (
+        CheckpointMismatchError,
+        NoCheckpointError,
+        ConfigError,
+        DatasetNotPreparedError,
+    ) as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     return 0

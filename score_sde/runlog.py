@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -38,6 +39,7 @@ def make_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> 
     return np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+REPORT = "report.json"  # an eval job's results, under <workdir>/eval
 MIN_CELL = 48  # pixels: smaller images are enlarged (nearest neighbour) in PNG grids
 
 
@@ -171,5 +173,43 @@ class RunLog:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def write_json(path: str, value: dict) -> None:
+    """Write atomically: a reader never sees half a report."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+class EvalLog:
+    """An eval job's ``report.json`` ({"checkpoints": {step: result}, "latest": ...}) in
+    ``out_dir`` and its TensorBoard scalars (``out_dir/tensorboard``); process 0 writes."""
+
+    def __init__(self, out_dir: str, report: dict):
+        self.out_dir, self.report = out_dir, report
+        os.makedirs(out_dir, exist_ok=True)
+        self.done = report["checkpoints"]
+        self._writer = None
+        if jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+
+    def add(self, step: int, result: dict) -> None:
+        self.done[str(step)] = result
+        self.report["latest"] = {"step": step, **result}
+        if self._writer is None:
+            return
+        write_json(os.path.join(self.out_dir, REPORT), self.report)
+        for key, value in result.items():
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                self._writer.add_scalar(f"eval/{key}", value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

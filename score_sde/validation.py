@@ -24,6 +24,8 @@ from score_sde.config import (
 )
 from score_sde.sde import SDES
 
+MIN_FID_SET = 10  # images on each side of the image metrics
+
 
 def require(ok: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``ok``."""
@@ -124,6 +126,17 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
         f"config.data.image_size={d.image_size} and config.data.num_channels={d.num_channels}: "
         "set both (images) or neither (vector data).",
     )
+    for path, zero in [
+        ("eval.num_fid_samples", "0 (off) or "),
+        ("eval.fid_reference_size", "0 (the whole split) or "),
+        ("eval.fid_subsample", ""),
+    ]:
+        value = get_field(exp, path)
+        require(
+            value >= MIN_FID_SET or (zero and value == 0),
+            f"config.{path}={value} must be {zero}>= {MIN_FID_SET}: the covariance, KID and "
+            "the 5-nearest-neighbour metrics need several images.",
+        )
     _validate_sampler(s, sampling.method_options(s.method), pc)
     _validate_model_inputs(exp)
     _validate_labels(exp, m.name in models.CLASSIFIERS)

@@ -318,6 +318,19 @@ def test_lr_not_positive():
     _fails(_digits(**{"optim.lr": 0.0}), "config.optim.lr=0.0", "> 0")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("num_fid_samples", 5, "must be 0 (off) or >= 10"),
+        ("fid_reference_size", 3, "must be 0 (the whole split) or >= 10"),
+        ("fid_subsample", 0, "fid_subsample=0 must be >= 10"),
+    ],
+)
+def test_image_metric_sizes(field, value, needle):
+    _fails(_digits(**{f"eval.{field}": value}), f"config.eval.{field}={value}", needle)
+    from_config_dict(_digits(**{f"eval.{field}": 10}), device_count=1)
+
+
 def test_eval_checkpoint_range_reversed():
     cfg = _digits(**{"eval.begin_ckpt": 10, "eval.end_ckpt": 5})
     _fails(cfg, "config.eval.end_ckpt=5", "config.eval.begin_ckpt=10")

@@ -216,6 +216,7 @@ DIGITS_TINY = {
     "eval.batch_size": 64,
     "eval.enable_loss": False,
     "eval.num_samples": 8,
+    "eval.num_fid_samples": 0,  # test_fid_jobs runs the image metrics
     "eval.rtol": 1e-2,
     "eval.atol": 1e-2,
 }

@@ -80,6 +80,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
+    """(stdout, stderr) of ``count`` jax.distributed processes running ``score_sde.main``
+    with ``flags``; asserts that each exits 0."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "score_sde.main", *flags, f"--process_id={i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )  # fmt: skip
+        for i in range(count)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
 def test_two_processes_match_one_process(tmp_path):
     """Two jax.distributed processes (one CPU device each), each reading its half of every
     global batch, train like one process reading whole batches."""
@@ -95,19 +114,7 @@ def test_two_processes_match_one_process(tmp_path):
         "--progress=false",
         *as_flags({**TINY_TOY, **OVERRIDES, "training.snapshot_sampling": True}),
     ]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "score_sde.main", *flags, f"--process_id={i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )  # fmt: skip
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    outs = run_processes(flags)
     assert "2 process(es)" in outs[0][0] and "Model" not in outs[1][0]  # only process 0 prints
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
         "samples_10.png",
@@ -120,3 +127,58 @@ def test_two_processes_match_one_process(tmp_path):
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-5, err_msg=str(key))
     assert jax.process_count() == 1 and int(state.step) == 20
+
+
+FID_EIGHT_DEVICES = textwrap.dedent(
+    """
+    import json, sys, types
+    import jax, numpy as np
+    from conftest import random_inception_arrays
+    from test_main import DIGITS_TINY
+    from test_train import config_dict
+    from score_sde import evaluation, fid_eval, sharding
+    from score_sde.config import from_config_dict
+    from score_sde.evaluation import weights
+    from score_sde.experiment import Experiment
+    assert jax.device_count() == 8, jax.devices()
+    path = weights.save(random_inception_arrays(), sys.argv[1] + "/w.npz", "random")
+    images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 1), dtype=np.uint8)
+    eight = evaluation.Inception.load(path)
+    one = evaluation.Inception.load(path, mesh=sharding.make_mesh(jax.devices()[:1]))
+    f8, l8 = eight.outputs(images)
+    f1, l1 = one.outputs(images)
+    placed = jax.device_put(images, eight.batch_sharding)
+    rows = eight(placed)[0].addressable_shards[0].data.shape[0]
+    cfg = from_config_dict(config_dict("digits.py", {**DIGITS_TINY, "eval.batch_size": 16}))
+    exp = Experiment.create(cfg)
+    mesh = sharding.make_mesh()
+    loaded = types.SimpleNamespace(exp=exp, guide=None, cfg=cfg, mesh=mesh)
+    key = jax.random.key(3)
+    args = sharding.put_replicated(
+        (exp.params, exp.rest, np.asarray(jax.random.key_data(key))), mesh
+    )
+    drawn = fid_eval.sample_fn(loaded)(*args, None)
+    single = np.asarray(fid_eval.to_uint8(exp.draw(exp.params, exp.rest, key, None, 16)))
+    print("RESULT" + json.dumps(dict(
+        features=float(np.abs(f8 - f1).max()), logits=float(np.abs(l8 - l1).max()),
+        scale=float(np.abs(f1).max()), rows=rows,
+        sample_rows=drawn.addressable_shards[0].data.shape[0],
+        pixels=float(np.abs(np.asarray(drawn, np.int32) - single).max()),
+    )))
+    """
+)
+
+
+def test_fid_inception_and_sampler_sharded_over_eight_devices(tmp_path):
+    """The Inception over 8 devices gives the features of one device; the FID sampler's
+    batches come out split over the 8 devices, equal to the unsharded samples."""
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run(
+        [sys.executable, "-c", FID_EIGHT_DEVICES, str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT")[-1])
+    assert out["rows"] == out["sample_rows"] == 2  # 16 images, 2 per device
+    assert out["features"] <= 1e-5 * out["scale"] and out["logits"] <= 1e-4
+    assert out["pixels"] <= 1  # a rounding at the 8-bit quantisation at most
