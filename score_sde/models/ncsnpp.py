@@ -188,6 +188,80 @@ class Encoder(nnx.Module):
         return hs
 
 
+class Decoder(nnx.Module):
+    """The upsampling half of the U-Net (with the progressive output pyramid), consuming the
+    encoder's feature maps (``Encoder.channels``) as skip connections, and the output head."""
+
+    def __init__(
+        self,
+        blocks: Blocks,
+        skip_channels: Sequence[int],
+        *,
+        image_size: int,
+        in_channels: int,
+        nf: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        resamp_with_conv: bool,
+        progressive: str,
+        attn_each_decoder_block: bool,
+    ):
+        prec, rngs, init_scale = blocks.prec, blocks.rngs, blocks.init_scale
+        skips, ch = list(skip_channels), skip_channels[-1]
+        levels, pyr_ch = [], in_channels
+        for i in reversed(range(len(ch_mult))):
+            res_blocks = []
+            for _ in range(num_res_blocks + 1):
+                res_blocks.append(blocks.res(ch + skips.pop(), nf * ch_mult[i]))
+                ch = nf * ch_mult[i]
+            # Song et al.: attention once per decoder level; Ho et al.: after every block.
+            with_attn = image_size >> i in attn_resolutions
+            attns = [
+                blocks.attn(ch)
+                if with_attn and (attn_each_decoder_block or j == num_res_blocks)
+                else None
+                for j in range(num_res_blocks + 1)
+            ]
+            head = pyramid = None
+            top = i == len(ch_mult) - 1
+            if progressive == "output_skip" or (progressive == "residual" and top):
+                out_ch = in_channels if progressive == "output_skip" else ch
+                scale = init_scale if progressive == "output_skip" else 1.0
+                head = layers.NormActConv(ch, out_ch, prec, rngs, init_scale=scale)
+                pyr_ch = out_ch
+            elif progressive == "residual":
+                pyramid = blocks.resample(pyr_ch, up=True, with_conv=True, cout=ch)
+                pyr_ch = ch
+            resample = blocks.updown(ch, up=True, with_conv=resamp_with_conv) if i else None
+            levels.append(Level(res_blocks, attns, resample, pyramid, head))
+        assert not skips
+        self.levels = nnx.List(levels)
+        self.head = (
+            layers.NormActConv(ch, in_channels, prec, rngs, init_scale=init_scale)
+            if progressive != "output_skip"
+            else None
+        )
+        self.skip_rescale = blocks.skip_rescale
+        self.fir_kernel = blocks.fir_kernel if blocks.fir else None
+
+    def __call__(self, h: Array, hs: list[Array], temb: Array, *, train: bool, rngs) -> Array:
+        hs, pyramid = list(hs), None
+        for level in self.levels:
+            for block, attn in zip(level.blocks, level.attns, strict=True):
+                h = block(jnp.concatenate([h, hs.pop()], axis=-1), temb, train=train, rngs=rngs)
+                h = attn(h) if attn is not None else h
+            if level.head is not None:  # output_skip, or the first level of residual
+                p = level.head(h)
+                pyramid = p if pyramid is None else up_down.upsample(pyramid, self.fir_kernel) + p
+            elif level.pyramid is not None:  # residual
+                pyramid = level.pyramid(pyramid)
+                h = pyramid = layers.skip_sum(pyramid, h, self.skip_rescale)
+            if level.resample is not None:
+                h = _call(level.resample, h, temb, train, rngs)
+        return self.head(h) if self.head is not None else pyramid
+
+
 class NCSNpp(nnx.Module):
     """The NCSN++ / DDPM++ score network (defaults: DDPM++ cont., CIFAR-10 without image size)."""
 
@@ -263,45 +337,21 @@ class NCSNpp(nnx.Module):
             progressive_input=progressive_input,
             progressive_combine=progressive_combine,
         )
-        hs_c = list(self.encoder.channels)
-        ch = hs_c[-1]
+        ch = self.encoder.channels[-1]
         self.mid = nnx.List([blocks.res(ch), blocks.attn(ch), blocks.res(ch)])
-
-        levels, pyr_ch = [], in_channels
-        for i in reversed(range(len(ch_mult))):
-            res_blocks = []
-            for _ in range(num_res_blocks + 1):
-                res_blocks.append(blocks.res(ch + hs_c.pop(), nf * ch_mult[i]))
-                ch = nf * ch_mult[i]
-            # Song et al.: attention once per decoder level; Ho et al.: after every block.
-            with_attn = image_size >> i in attn_resolutions
-            attns = [
-                blocks.attn(ch)
-                if with_attn and (attn_each_decoder_block or j == num_res_blocks)
-                else None
-                for j in range(num_res_blocks + 1)
-            ]
-            head = pyramid = None
-            top = i == len(ch_mult) - 1
-            if progressive == "output_skip" or (progressive == "residual" and top):
-                out_ch = in_channels if progressive == "output_skip" else ch
-                scale = init_scale if progressive == "output_skip" else 1.0
-                head = layers.NormActConv(ch, out_ch, prec, rngs, init_scale=scale)
-                pyr_ch = out_ch
-            elif progressive == "residual":
-                pyramid = blocks.resample(pyr_ch, up=True, with_conv=True, cout=ch)
-                pyr_ch = ch
-            resample = blocks.updown(ch, up=True, with_conv=resamp_with_conv) if i else None
-            levels.append(Level(res_blocks, attns, resample, pyramid, head))
-        assert not hs_c
-        self.decoder = nnx.List(levels)
-        self.head = (
-            layers.NormActConv(ch, in_channels, prec, rngs, init_scale=init_scale)
-            if progressive != "output_skip"
-            else None
+        self.decoder = Decoder(
+            blocks,
+            self.encoder.channels,
+            image_size=image_size,
+            in_channels=in_channels,
+            nf=nf,
+            ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=attn_resolutions,
+            resamp_with_conv=resamp_with_conv,
+            progressive=progressive,
+            attn_each_decoder_block=attn_each_decoder_block,
         )
-        self.skip_rescale = skip_rescale
-        self.fir_kernel = tuple(fir_kernel) if fir else None
         self.scale_by_sigma, self.dtype = scale_by_sigma, dtype
         self.has_dropout = dropout > 0
 
@@ -320,20 +370,7 @@ class NCSNpp(nnx.Module):
         hs = self.encoder(x.astype(self.dtype), temb, train=train, rngs=rngs)
         h = self.mid[0](hs[-1], temb, train=train, rngs=rngs)
         h = self.mid[2](self.mid[1](h), temb, train=train, rngs=rngs)
-        pyramid = None
-        for level in self.decoder:
-            for block, attn in zip(level.blocks, level.attns, strict=True):
-                h = block(jnp.concatenate([h, hs.pop()], axis=-1), temb, train=train, rngs=rngs)
-                h = attn(h) if attn is not None else h
-            if level.head is not None:  # output_skip, or the first level of residual
-                p = level.head(h)
-                pyramid = p if pyramid is None else up_down.upsample(pyramid, self.fir_kernel) + p
-            elif level.pyramid is not None:  # residual
-                pyramid = level.pyramid(pyramid)
-                h = pyramid = layers.skip_sum(pyramid, h, self.skip_rescale)
-            if level.resample is not None:
-                h = _call(level.resample, h, temb, train, rngs)
-        h = (self.head(h) if self.head is not None else pyramid).astype(jnp.float32)
+        h = self.decoder(h, hs, temb, train=train, rngs=rngs).astype(jnp.float32)
         if self.scale_by_sigma:
             h = h / sigma.astype(jnp.float32).reshape((-1,) + (1,) * (h.ndim - 1))
         return h.astype(x.dtype)
