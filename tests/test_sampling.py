@@ -36,10 +36,7 @@ sliced_wasserstein = jax.jit(metrics.sliced_wasserstein)
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE()}
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 
 def mixture(weights=WEIGHTS, std=STD):

@@ -33,10 +33,7 @@ MOVES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 
 @functools.partial(jax.jit, static_argnums=0)
