@@ -21,9 +21,11 @@ import time
 
 import numpy as np
 
-from score_sde import datasets, evaluation, fid_eval
-from score_sde.config import from_config_dict
+from score_sde import datasets, evaluation
 from score_sde.evaluation import weights as weights_lib
+from score_sde.jobs import fid_eval
+from score_sde.jobs.validation import from_config_dict
+from score_sde.jobs.workdir import Workdir
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 
@@ -80,7 +82,7 @@ def main() -> None:
         line += f", TorchScript {speed['torch']:.2f} images/s, ratio {ratio:.2f}"
     print(line)
     rows = {"test split (floor)": floor(cfg)}
-    report = os.path.join(args.workdir, "eval", "report.json")
+    report = Workdir(args.workdir).report
     if os.path.exists(report):
         with open(report) as f:
             for step, result in sorted(

@@ -18,8 +18,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from score_sde import sharding, train
-from score_sde.config import from_config_dict
+from score_sde import sharding
+from score_sde.jobs import train
+from score_sde.jobs.validation import from_config_dict
 from score_sde.models import count_params
 
 

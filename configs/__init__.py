@@ -11,7 +11,7 @@
     default_*_configs.py      defaults shared by the files above
 
 Files under vp/, subvp/, ve/ and toy/ import ``configs.default_*``: run from the repository
-root (``python -m score_sde.main --config configs/...`` puts it on the path).
+root (``python -m score_sde --config configs/...`` puts it on the path).
 """
 
 

@@ -1,6 +1,6 @@
 """Defaults shared by the CIFAR-10 configs (Song et al. 2021, Table 3 and Appendix)."""
 
-from score_sde.config import to_config_dict
+from score_sde.jobs.config import to_config_dict
 
 
 def get_default_configs():

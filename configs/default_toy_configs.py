@@ -1,6 +1,6 @@
 """Defaults for low-dimensional (2-D) data with the MLP: trains in a minute on a CPU."""
 
-from score_sde.config import to_config_dict
+from score_sde.jobs.config import to_config_dict
 
 
 def get_default_configs(dataset, sde):

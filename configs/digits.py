@@ -1,10 +1,10 @@
 """The offline default: sklearn's 8x8 digits upsampled to 16x16, a small DDPM++ U-Net, VP SDE.
 
 Needs no download and trains on a 2-core CPU in minutes:
-    python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode train
+    python -m score_sde --config configs/digits.py --workdir runs/digits --mode train
 """
 
-from score_sde.config import to_config_dict
+from score_sde.jobs.config import to_config_dict
 
 
 def get_config():
@@ -12,7 +12,7 @@ def get_config():
     training = config.training
     training.sde = "vpsde"
     training.batch_size = 64
-    training.n_iters = 1500  # recognisable digits; ~0.3 s/step on a 2-core CPU
+    training.n_iters = 1500  # recognisable digits (docs/benchmarks.md)
     training.snapshot_freq = 500
     training.snapshot_freq_for_preemption = 250
     training.log_freq = 50
@@ -37,9 +37,8 @@ def get_config():
     evaluate.bpd_split = "test"
     evaluate.enable_sampling = True
     evaluate.num_samples = 64
-    # Loose tolerances keep the eval to ~2 min. They need a later start than the paper's 1e-5:
-    # measured on this model, 32 test images, bits/dim at (rtol, eps) = (1e-5, 1e-5): 2.03,
-    # (1e-5, 1e-3): 2.01, (1e-3, 1e-3): 1.99, but (1e-3, 1e-5): -0.40 (the stiff start wrecks it).
+    # Loose tolerances keep the eval short; they need a later start than the paper's 1e-5
+    # (docs/benchmarks.md has the measured bits/dim of each choice).
     evaluate.rtol = 1e-3
     evaluate.atol = 1e-3
     evaluate.eps = 1e-3

@@ -139,5 +139,5 @@ def uniform_dequantize(
     """
     lo, hi = data_range
     k = jnp.round((x - lo) / (hi - lo) * (levels - 1))
-    u = rng_lib.uniform_noise(rng, x.shape, x.dtype)
+    u = rng_lib.uniform(rng, x.shape, x.dtype)
     return lo + (hi - lo) * (k + u) / levels

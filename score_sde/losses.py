@@ -46,7 +46,7 @@ def importance_sampled_time(rng: Array, sde: SDE, batch: int, eps: float) -> Arr
     and sampling it means sampling lambda uniformly (Song, Durkan, Murray & Ermon 2021, Sec. 5).
     """
     lam_eps, lam_T = _half_log_snr_range(sde, eps)
-    u = rng_lib.uniform(rng, batch)
+    u = rng_lib.uniform_scalars(rng, batch)
     return jnp.clip(sde.t_from_half_log_snr(lam_eps + u * (lam_T - lam_eps)), eps, sde.T)
 
 
@@ -84,7 +84,7 @@ def continuous_dsm_losses(
         if importance_sampling:
             t = importance_sampled_time(t_rng, sde, batch, eps)
         else:
-            t = rng_lib.uniform(t_rng, batch, eps, sde.T)
+            t = rng_lib.uniform_scalars(t_rng, batch, eps, sde.T)
         z = rng_lib.normal(z_rng, x.shape, x.dtype)
         mean, std = sde.marginal_prob(x, t)
         x_t = mean + batch_mul(std, z)
@@ -132,7 +132,7 @@ def discrete_losses(
 
     def losses(rng: Array, params: Any, x: Array, y: Array | None = None) -> Array:
         k_rng, z_rng, model_rng = jax.random.split(rng, 3)
-        k = jnp.minimum(jnp.floor(rng_lib.uniform(k_rng, x.shape[0]) * n), n - 1)
+        k = jnp.minimum(jnp.floor(rng_lib.uniform_scalars(k_rng, x.shape[0]) * n), n - 1)
         t = k * (sde.T / max(n - 1, 1))
         z = rng_lib.normal(z_rng, x.shape, x.dtype)
         std = chain.marginal_std(t)
@@ -161,7 +161,7 @@ def classifier_losses(sde: SDE, logits_fn: ModelFn, *, eps: float = 1e-5) -> Los
         if y is None:
             raise ValueError("The classifier loss needs the labels y of the batch.")
         t_rng, rng = jax.random.split(rng)
-        t = rng_lib.uniform(t_rng, x.shape[0], eps, sde.T)
+        t = rng_lib.uniform_scalars(t_rng, x.shape[0], eps, sde.T)
         logits = noisy_logits(rng, sde, logits_fn, params, x, t)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 

@@ -21,7 +21,7 @@ def normal(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
     return _per_example(jax.random.normal, rng, shape, dtype)
 
 
-def uniform_noise(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
+def uniform(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
     """U[0, 1) of ``shape`` = (B, ...), drawn example by example."""
     return _per_example(jax.random.uniform, rng, shape, dtype)
 
@@ -31,7 +31,9 @@ def rademacher(rng: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
     return _per_example(jax.random.rademacher, rng, shape, dtype)
 
 
-def uniform(rng: jax.Array, batch: int, minval: float = 0.0, maxval: float = 1.0) -> jax.Array:
-    """One uniform draw per example: [batch]."""
+def uniform_scalars(
+    rng: jax.Array, batch: int, minval: float = 0.0, maxval: float = 1.0
+) -> jax.Array:
+    """One U[minval, maxval) number per example (a time, a dropout draw): [batch]."""
     keys = example_keys(rng, batch)
     return jax.vmap(lambda k: jax.random.uniform(k, (), minval=minval, maxval=maxval))(keys)

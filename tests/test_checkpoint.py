@@ -7,22 +7,25 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from test_train import tiny_toy_config
 
-from score_sde import checkpoint as ckpt_lib
-from score_sde import experiment as experiment_lib
-from score_sde import runlog
-from score_sde import train as train_lib
+from score_sde.jobs import checkpoint as ckpt_lib
+from score_sde.jobs import runlog
+from score_sde.jobs import train as train_lib
+from score_sde.jobs.state import UNREAD_BY_EVAL, init_state
+from score_sde.jobs.workdir import Workdir
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 RESUME = {"training.n_iters": 40, "training.snapshot_freq_for_preemption": 10}
 
 
 def _final_state(trainer, workdir):
-    ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
+    ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
     state, step = ckpt.restore(trainer.initial_state())
     return jax.tree.map(np.asarray, jax.device_get(state)), step
 
@@ -37,7 +40,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from test_train import tiny_toy_config
-    from score_sde import runlog, train
+    from score_sde.jobs import runlog, train
 
     workdir = {workdir!r}
     progress = runlog.RunLog.progress
@@ -115,6 +118,32 @@ def test_restore_into_a_different_model_names_the_parameter(tmp_path):
         ckpt.restore({"params": {}})
     assert ckpt.read_json(1)[0] == {"model": {"width": 3}}
     ckpt.close()
+
+
+def test_an_eval_reads_the_ema_parameters_and_not_the_optimiser(tmp_path, monkeypatch):
+    """The eval's restore (``UNREAD_BY_EVAL``) asks orbax for no optimiser state and no raw
+    parameters, and gets the EMA parameters, RNG and step of a full restore."""
+    trainer = train_lib.Trainer(tiny_toy_config(**{"training.n_iters": 4}))
+    trainer.run(str(tmp_path), progress=False)
+    full, step = _final_state(trainer, str(tmp_path))
+    asked = []
+    restore = ocp.CheckpointManager.restore
+    monkeypatch.setattr(
+        ocp.CheckpointManager,
+        "restore",
+        lambda self, step, args: asked.append(args["state"].item) or restore(self, step, args=args),
+    )
+    ckpt = ckpt_lib.Checkpointer(Workdir(str(tmp_path)).checkpoints, read_only=True)
+    target = init_state(0, trainer.exp.params, trainer.exp.rest, trainer.mesh)
+    state, got_step = ckpt.restore(target, skip=UNREAD_BY_EVAL)
+    assert got_step == step == 4 and state.params is None and state.opt_state is None
+    assert set(asked[0]) == {"step", "ema_params", "rest", "rng", "bad_steps", "skipped"}
+    chex.assert_trees_all_equal(jax.device_get(state.ema_params), full.ema_params)
+    np.testing.assert_array_equal(np.asarray(state.rng), full.rng)
+    writer = ckpt_lib.Checkpointer(Workdir(str(tmp_path)).checkpoints)
+    with pytest.raises(ValueError, match="read_only"):
+        writer.restore(trainer.initial_state(), skip=UNREAD_BY_EVAL)
+    writer.close()
 
 
 def test_missing_step_lists_the_available_ones(tmp_path):

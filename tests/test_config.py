@@ -14,9 +14,10 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from score_sde import config as config_lib
 from score_sde import datasets, models, sampling
-from score_sde.config import ConfigError, from_config_dict
+from score_sde.jobs import config as config_lib
+from score_sde.jobs.config import ConfigError
+from score_sde.jobs.validation import from_config_dict
 
 # ml_collections loads config files with importlib's deprecated load_module().
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -116,7 +117,7 @@ def _fails(cfg, *needles, device_count=1):
 
 def test_unknown_key_in_config_file(tmp_path):
     (tmp_path / "typo_config.py").write_text(
-        "from score_sde.config import to_config_dict\n\n\n"
+        "from score_sde.jobs.config import to_config_dict\n\n\n"
         "def get_config():\n"
         "    config = to_config_dict()\n"
         "    config.training.n_itres = 2000\n"
@@ -270,7 +271,7 @@ def test_classifier_scale_must_not_be_negative():
 
 
 def test_num_classes_must_match_the_data():
-    from score_sde.experiment import Experiment
+    from score_sde.jobs.experiment import Experiment
 
     cfg = from_config_dict(_load("configs/toy/ring8_cond.py"), device_count=1)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=5))

@@ -13,10 +13,11 @@ from test_main import DIGITS_TINY
 from test_multidevice import _free_port, run_processes
 from test_train import as_flags, config_dict
 
-from score_sde import datasets, evaluation, fid_eval
-from score_sde.config import from_config_dict
+from score_sde import datasets, evaluation
 from score_sde.evaluation import streaming
-from score_sde.main import EXIT_CONFIG, run_job
+from score_sde.jobs import fid_eval
+from score_sde.jobs.main import EXIT_CONFIG, run_job
+from score_sde.jobs.validation import from_config_dict
 
 pytestmark = pytest.mark.slow  # end-to-end jobs: CI runs them on python3 (3.11) only
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

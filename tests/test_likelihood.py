@@ -12,6 +12,7 @@ below), and a Hutchinson probe v gives log prior(x_T) + v^T M v exactly: unbiase
 2 sum_{i != j} M_ij² for Rademacher probes and 2 |M|_F² for Gaussian ones.
 """
 
+import functools
 import math
 
 import chex
@@ -30,10 +31,7 @@ EPS = 1e-5
 SDES = {"vp": sde_lib.VPSDE(), "subvp": sde_lib.SubVPSDE(), "ve": sde_lib.VESDE()}
 
 
-@pytest.fixture(autouse=True)
-def x64():
-    with jax.enable_x64(True):
-        yield
+pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 
 def gaussian():
@@ -169,6 +167,23 @@ def test_uniform_dequantize_fills_every_level():
     assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / u.size)
     few = likelihood.uniform_dequantize(jax.random.PRNGKey(3), x[:3], data_range=(lo, hi))
     np.testing.assert_array_equal(few, y[:3])
+    others = likelihood.uniform_dequantize(
+        jax.random.PRNGKey(3), x.at[1:].set(0.0), data_range=(lo, hi)
+    )
+    np.testing.assert_array_equal(others[0], y[0])  # other examples' values change nothing
+
+
+def test_uniform_dequantize_of_unit_range_images_is_uniform_in_each_level():
+    """[0, 1] images (the training pipeline's): level k fills [k, k + 1) / 256 with U[0, 1)."""
+    levels = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3))
+    x = jnp.asarray(levels / 255.0, jnp.float32)
+    dequantize = jax.jit(functools.partial(likelihood.uniform_dequantize, data_range=(0.0, 1.0)))
+    y = np.asarray(dequantize(jax.random.key(1), x))
+    chex.assert_shape(y, x.shape)
+    assert y.min() >= 0 and y.max() < 1
+    np.testing.assert_array_equal(np.floor(y * 256), levels)
+    u = 256 * y - levels  # the uniform noise
+    np.testing.assert_allclose([u.mean(), u.var()], [0.5, 1 / 12], atol=0.01)
 
 
 def test_clear_errors():

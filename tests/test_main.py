@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from test_train import TINY_TOY, config_dict
 
-from score_sde.main import EXIT_CONFIG, run_job
+from score_sde.jobs.main import EXIT_CONFIG, run_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # end-to-end jobs: CI runs them on python3 (3.11) only
@@ -55,11 +55,12 @@ def test_toy_train_eval_sample_and_eval_resumes(tmp_path, capsys):
     got = np.load(os.path.join(workdir, "samples", "sample_10.npz"))["samples"]
     assert got.shape == (16, 2)
 
-    # A checkpoint of another model is refused with the parameter's name.
+    # A checkpoint of another model is refused with the parameter's name (sample reads the EMA).
     wider = config_dict("toy/ring8_ve.py", {**TINY_TOY, "model.width": 32})
     assert run_job(wider, workdir, mode="sample") == EXIT_CONFIG
     err = capsys.readouterr().err
-    assert re.search(r"parameter params/\S+ has shape \(16,\) in the checkpoint but \(32,\)", err)
+    want = r"parameter ema_params/\S+ has shape \(16,\) in the checkpoint but \(32,\)"
+    assert re.search(want, err)
 
 
 def _one_snapshot(n_iters: int, *, batch_size: int, chunk: int, every: int) -> dict:
@@ -154,20 +155,21 @@ def test_conditional_bits_per_dim_condition_on_the_data_labels(tmp_path):
     labels: the likelihood of ``score_fn(x, t, y)``; other labels give other values."""
     import jax
 
-    from score_sde import evaluate, likelihood
-    from score_sde.config import from_config_dict
+    from score_sde import likelihood
+    from score_sde.jobs import evaluate
+    from score_sde.jobs.validation import from_config_dict
 
     longer = {"training.n_iters": 300, "training.snapshot_freq": 300, "training.eval_freq": 300}
     config = config_dict("toy/ring8_cond.py", {**TINY_TOY, **longer})
     assert run_job(config, str(tmp_path), mode="train", progress=False) == 0
     cfg = from_config_dict(config, device_count=1)
-    loaded = evaluate.Loaded(cfg, str(tmp_path))
-    (state, _), exp = loaded.restore(), loaded.exp
+    evaluator = evaluate.Evaluator(cfg, str(tmp_path))
+    (state, _), exp = evaluator.restore(), evaluator.exp
     x = np.asarray([[2.0, 0.0], [0.0, 2.0], [-1.4, -1.4], [0.1, 0.2]], np.float32)
     y = np.asarray([0, 2, 5, 7], np.int32)
     batch = {"x": x, "label": y, "mask": np.ones(4, bool)}
     key = jax.random.key(3)
-    lp, _, _, _ = loaded.logp(state, batch, key)
+    lp, _, _, _ = evaluator.logp(state, batch, key)
     _, ode_key = jax.random.split(key)
 
     def direct(labels):
@@ -273,7 +275,7 @@ def test_paper_config_trains_one_step_on_small_inputs(config, tmp_path, capsys):
 
 def test_cli_invalid_config_is_one_line_and_exit_code_2(tmp_path):
     config = os.path.join(ROOT, "configs", "digits.py")
-    cmd = [sys.executable, "-m", "score_sde.main", f"--config={config}", f"--workdir={tmp_path}"]
+    cmd = [sys.executable, "-m", "score_sde", f"--config={config}", f"--workdir={tmp_path}"]
     proc = subprocess.run(
         [*cmd, "--config.model.beta_max=0.05"], capture_output=True, text=True, cwd=ROOT
     )
@@ -301,14 +303,23 @@ def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_flags_and_exits_0(flag, tmp_path):
+    script = os.path.join(os.path.dirname(sys.executable), "score-sde")
+    proc = subprocess.run([script, flag], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("--config:", "--workdir:", "--mode:", "--[no]fid:", "--[no]multihost:"):
+        assert name in proc.stdout, name
+
+
 def test_eval_beside_training_picks_up_checkpoints_as_they_appear(tmp_path):
     """An eval job started before training finishes waits, evaluates each new snapshot as it
     lands, and stops once the final step is evaluated."""
     import threading
 
-    from score_sde.config import from_config_dict
-    from score_sde.evaluate import evaluate
-    from score_sde.train import train
+    from score_sde.jobs.evaluate import evaluate
+    from score_sde.jobs.train import train
+    from score_sde.jobs.validation import from_config_dict
 
     workdir = str(tmp_path)
     first = config_dict("toy/ring8_vp.py", {**TINY_TOY, "training.n_iters": 10})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_train import TINY_TOY, as_flags, tiny_toy_config
 
-from score_sde import train as train_lib
+from score_sde.jobs import train as train_lib
 
 pytestmark = pytest.mark.slow  # subprocess jobs: CI runs them on python3 (3.11) only
 
@@ -40,7 +40,8 @@ EIGHT_DEVICES = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     from test_train import TINY_TOY, as_flags, tiny_toy_config
-    from score_sde import sharding, train
+    from score_sde import sharding
+    from score_sde.jobs import train
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_toy_config(**{overrides!r})
     out = {{}}
@@ -81,11 +82,11 @@ def _free_port() -> int:
 
 
 def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
-    """(stdout, stderr) of ``count`` jax.distributed processes running ``score_sde.main``
+    """(stdout, stderr) of ``count`` jax.distributed processes running ``python -m score_sde``
     with ``flags``; asserts that each exits 0."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "score_sde.main", *flags, f"--process_id={i}"],
+            [sys.executable, "-m", "score_sde", *flags, f"--process_id={i}"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -136,10 +137,11 @@ FID_EIGHT_DEVICES = textwrap.dedent(
     from conftest import random_inception_arrays
     from test_main import DIGITS_TINY
     from test_train import config_dict
-    from score_sde import evaluation, fid_eval, sharding
-    from score_sde.config import from_config_dict
+    from score_sde import evaluation, sharding
+    from score_sde.jobs import fid_eval
+    from score_sde.jobs.validation import from_config_dict
     from score_sde.evaluation import weights
-    from score_sde.experiment import Experiment
+    from score_sde.jobs.experiment import Experiment
     assert jax.device_count() == 8, jax.devices()
     path = weights.save(random_inception_arrays(), sys.argv[1] + "/w.npz", "random")
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 1), dtype=np.uint8)
@@ -152,12 +154,12 @@ FID_EIGHT_DEVICES = textwrap.dedent(
     cfg = from_config_dict(config_dict("digits.py", {**DIGITS_TINY, "eval.batch_size": 16}))
     exp = Experiment.create(cfg)
     mesh = sharding.make_mesh()
-    loaded = types.SimpleNamespace(exp=exp, guide=None, cfg=cfg, mesh=mesh)
+    evaluator = types.SimpleNamespace(exp=exp, guide=None, cfg=cfg, mesh=mesh)
     key = jax.random.key(3)
     args = sharding.put_replicated(
         (exp.params, exp.rest, np.asarray(jax.random.key_data(key))), mesh
     )
-    drawn = fid_eval.sample_fn(loaded)(*args, None)
+    drawn = fid_eval.sample_fn(evaluator)(*args, None)
     single = np.asarray(fid_eval.to_uint8(exp.draw(exp.params, exp.rest, key, None, 16)))
     print("RESULT" + json.dumps(dict(
         features=float(np.abs(f8 - f1).max()), logits=float(np.abs(l8 - l1).max()),

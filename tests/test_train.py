@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import checkpoint as ckpt_lib
-from score_sde import experiment as experiment_lib
 from score_sde import sharding
-from score_sde import train as train_lib
-from score_sde.config import OptimConfig, from_config_dict
+from score_sde.jobs import checkpoint as ckpt_lib
+from score_sde.jobs import experiment as experiment_lib
+from score_sde.jobs import train as train_lib
+from score_sde.jobs.config import OptimConfig
+from score_sde.jobs.state import init_state
+from score_sde.jobs.validation import from_config_dict
+from score_sde.jobs.workdir import Workdir
 
 LR, WARMUP, EMA = 0.1, 4, 0.9
 
@@ -80,7 +83,7 @@ def _setup(optim=None):
     optimizer = train_lib.make_optimizer(optim)
     mesh = sharding.make_mesh()
     params, rest = {"w": np.zeros(3, np.float32)}, {"c": np.full(3, 0.5, np.float32)}
-    state = train_lib.init_state(0, params, rest, optimizer, mesh)
+    state = init_state(0, params, rest, mesh, optimizer)
     step_fn = train_lib.make_train_step(quadratic_builder, optimizer, EMA, mesh, _prepare)
     return state, step_fn, mesh
 
@@ -144,7 +147,7 @@ def test_scan_and_loop_agree_on_the_mlp():
     batches = sharding.put_batches([next(it) for _ in range(3)], mesh)
     out = {}
     for scan in (True, False):
-        state = train_lib.init_state(cfg.seed, exp.params, exp.rest, optimizer, mesh)
+        state = init_state(cfg.seed, exp.params, exp.rest, mesh, optimizer)
         fn = train_lib.make_train_step(
             exp.loss_builder(train=True), optimizer, 0.9, mesh, exp.prepare_batch, scan=scan
         )
@@ -216,7 +219,7 @@ def test_job_stops_after_nonfinite_streak_and_keeps_last_checkpoint(tmp_path):
     cfg = tiny_toy_config(**{"training.n_iters": 10})
     trainer = train_lib.Trainer(cfg)
     trainer.run(str(tmp_path), progress=False)
-    ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(str(tmp_path)), read_only=True)
+    ckpt = ckpt_lib.Checkpointer(Workdir(str(tmp_path)).checkpoints, read_only=True)
     assert ckpt.all_steps()[-1] == 10
     saved = _host(ckpt.restore(trainer.initial_state())[0])
 

@@ -28,7 +28,7 @@ import grain
 
 from score_sde.datasets.images import digits, image_folder
 from score_sde.datasets.pipeline import Source, batches, check_batching
-from score_sde.datasets.scaling import dequantize, get_data_inverse_scaler, get_data_scaler
+from score_sde.datasets.scaling import get_data_inverse_scaler, get_data_scaler
 from score_sde.datasets.synthetic import SyntheticSource
 from score_sde.datasets.tfds import DatasetNotPreparedError, tfds_images
 
@@ -38,7 +38,6 @@ __all__ = [
     "DatasetNotPreparedError",
     "batches",
     "dataset_info",
-    "dequantize",
     "get_data_inverse_scaler",
     "get_data_scaler",
     "get_dataset",

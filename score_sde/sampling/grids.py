@@ -24,16 +24,10 @@ from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
 GRIDS = ("uniform", "logsnr", "edm")
-# Steps per iteration of the fixed-step samplers' loops (``lax.scan(..., unroll=UNROLL)``): with
-# one step per iteration XLA copies the state (and multistep history) on every step to keep
-# the loop's buffers apart; unrolled, it updates them in place (bench/samplers.py: 2-6x less
-# time per step on CPU at 2000 x 16).
+# Steps per iteration of the fixed-step loops: unrolled, XLA updates the loop state in place
+# instead of copying it every step (docs/benchmarks.md, "Samplers").
 UNROLL = 2
-# DPM-Solver's multistep loop also carries the model history, and XLA still copies the state and
-# the history once per iteration (CPU fusions have one output each); 4 steps per iteration
-# spread that copy (per step 0.006-0.014 ms instead of 0.018-0.029 ms at 2000 x 16, for about
-# 8% more compile time in its tests).
-MULTISTEP_UNROLL = 4
+MULTISTEP_UNROLL = 4  # DPM-Solver's multistep loop also carries the model history
 
 
 def sigma_tilde(sde: SDE, t: Array) -> Array:

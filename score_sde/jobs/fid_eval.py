@@ -27,7 +27,6 @@ import numpy as np
 
 from score_sde import datasets, sharding
 from score_sde import evaluation as ev
-from score_sde.config import ConfigError, ExperimentConfig
 from score_sde.evaluation.streaming import (
     Accumulator,
     accumulate,
@@ -36,8 +35,9 @@ from score_sde.evaluation.streaming import (
     progress_bar,
     to_uint8,
 )
-from score_sde.experiment import stream_key
-from score_sde.validation import MIN_FID_SET
+from score_sde.jobs.config import ConfigError, ExperimentConfig
+from score_sde.jobs.experiment import stream_key
+from score_sde.jobs.validation import MIN_FID_SET
 
 SAVE_EVERY = 60.0  # seconds between saves of an evaluation's partial statistics
 KID_SUBSET = 1000  # KID subset size (Binkowski et al.), fewer when the sets are smaller
@@ -219,15 +219,15 @@ def fid_stats_job(cfg: ExperimentConfig, *, progress: bool = True) -> str:
 
 
 # --- a checkpoint's samples ------------------------------------------------------------------
-def sample_fn(loaded):
+def sample_fn(evaluator):
     """Jitted (params, rest, key data, labels) -> a global batch of ``eval.batch_size`` uint8
-    samples, sharded over ``loaded.mesh`` (``loaded``: ``evaluate.Loaded``)."""
-    exp, guide, n = loaded.exp, loaded.guide, loaded.cfg.eval.batch_size
+    samples, sharded over ``evaluator.mesh`` (``evaluator``: ``evaluate.Evaluator``)."""
+    exp, guide, n = evaluator.exp, evaluator.guide, evaluator.cfg.eval.batch_size
 
     def draw(params, rest, key_data, y):
         return to_uint8(exp.draw(params, rest, jax.random.wrap_key_data(key_data), y, n, guide))
 
-    return jax.jit(draw, out_shardings=sharding.batch_sharding(loaded.mesh))
+    return jax.jit(draw, out_shardings=sharding.batch_sharding(evaluator.mesh))
 
 
 def _fingerprint(cfg: ExperimentConfig, logits: bool) -> str:
@@ -260,10 +260,10 @@ def _resume(path: str, fingerprint: str) -> tuple[Accumulator | None, int]:
     return Accumulator.from_arrays(arrays), done
 
 
-def evaluate_samples(loaded, state, step: int, out_dir: str, inception, ref, *, progress):
+def evaluate_samples(evaluator, state, step: int, out_dir: str, inception, ref, *, progress):
     """The image metrics of ``eval.num_fid_samples`` samples of checkpoint ``step``, drawn in
     sharded batches and streamed through Inception; resumable (``fid_partial_<step>.npz``)."""
-    cfg, e = loaded.cfg, loaded.cfg.eval
+    cfg, e = evaluator.cfg, evaluator.cfg.eval
     n, bs = e.num_fid_samples, e.batch_size
     partial = os.path.join(out_dir, f"fid_partial_{step}.npz")
     fingerprint = _fingerprint(cfg, inception.has_logits)
@@ -275,9 +275,9 @@ def evaluate_samples(loaded, state, step: int, out_dir: str, inception, ref, *, 
     def batches():
         for i in range(done, num_batches):
             key_data = np.asarray(jax.random.key_data(jax.random.fold_in(key, i)))
-            y = loaded.exp.sample_labels(i * bs, bs, loaded.guide)
-            args = sharding.put_replicated((key_data, y), loaded.mesh)
-            images = loaded.draw_uint8(state.ema_params, state.rest, *args)
+            y = evaluator.exp.sample_labels(i * bs, bs, evaluator.guide)
+            args = sharding.put_replicated((key_data, y), evaluator.mesh)
+            images = evaluator.draw_uint8(state.ema_params, state.rest, *args)
             yield sharding.gather(images), min(bs, n - i * bs)
 
     saved = time.monotonic()
@@ -297,7 +297,7 @@ def evaluate_samples(loaded, state, step: int, out_dir: str, inception, ref, *, 
 
 
 class ImageQuality:
-    """The image metrics of an eval job's checkpoints (``evaluate.Loaded``): the Inception is
+    """The image metrics of an eval job's checkpoints (``evaluate.Evaluator``): the Inception is
     loaded and the reference split opened at start-up, its statistics read (or computed) at the
     first checkpoint; without Inception weights, each result is ``{"fid": None}``. Off (no
     results) for non-image data, without ``eval.enable_sampling`` or with
@@ -312,7 +312,7 @@ class ImageQuality:
         if self.inception is not None and not os.path.isfile(reference_path(cfg)):
             reference_source(cfg)
 
-    def __call__(self, loaded, state, step: int, out_dir: str) -> dict:
+    def __call__(self, evaluator, state, step: int, out_dir: str) -> dict:
         if not self.on:
             return {}
         if self.inception is None:
@@ -320,5 +320,5 @@ class ImageQuality:
         if self.reference is None:
             self.reference = load_reference(self.cfg, self.inception, progress=self.progress)
         return evaluate_samples(
-            loaded, state, step, out_dir, self.inception, self.reference, progress=self.progress
+            evaluator, state, step, out_dir, self.inception, self.reference, progress=self.progress
         )

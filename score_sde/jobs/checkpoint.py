@@ -12,6 +12,7 @@ into "save at the next step boundary and exit".
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from collections.abc import Mapping
@@ -101,8 +102,10 @@ class Checkpointer:
     ):
         self.directory = os.path.abspath(directory)
         self.data_names = tuple(data_names)
+        self.read_only = read_only
         handlers = {
-            STATE: ocp.StandardCheckpointHandler(),
+            # A reader restores part of the state (StandardSave's format, read as a PyTree).
+            STATE: ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler(),
             CONFIG: ocp.JsonCheckpointHandler(),
             METADATA: ocp.JsonCheckpointHandler(),
         }
@@ -189,21 +192,38 @@ class Checkpointer:
         step: int | None = None,
         *,
         iterators: Mapping[str, Any] | None = None,
+        skip: tuple[str, ...] = (),
     ) -> tuple[Any, int]:
         """Restore checkpoint ``step`` (default: the latest) into the structure, shapes and
         shardings of ``target``, and the iterators' positions in place; returns (state, step).
+        The ``skip`` fields of the state (a dataclass) are not read: they come back as None and
+        may be None in ``target`` (an eval needs no optimiser state).
 
         Raises ``CheckpointMismatchError`` naming the parameter if the shapes differ.
         """
         step = self._step_or_latest(step)
         saved = self._manager.item_metadata(step)[STATE]
+        saved = getattr(saved, "tree", saved)
         where = f"Checkpoint {os.path.join(self.directory, str(step))}"
-        check_compatible(getattr(saved, "tree", saved), target, where)
-        items = {STATE: ocp.args.StandardRestore(abstract_like(target))}
+        fields = _as_dict(target)
+        read = {name: value for name, value in fields.items() if name not in skip}
+        check_compatible({k: v for k, v in saved.items() if k not in skip}, read, where)
+        if self.read_only:  # orbax's partial restore: the fields to read, as a dict
+            item = abstract_like(read)
+            args = ocp.args.PyTreeRestore(
+                item, ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+            )
+        elif skip:
+            raise ValueError("Checkpointer.restore(skip=...) needs a read_only Checkpointer.")
+        else:
+            args = ocp.args.StandardRestore(abstract_like(target))
+        items = {STATE: args}
         for name, it in (iterators or {}).items():
             items[_data_item(name)] = grain.checkpoint.CheckpointRestore(it)
-        out = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return out[STATE], step
+        out = self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        if self.read_only:
+            out = type(target)(**out, **dict.fromkeys(skip))
+        return out, step
 
     def wait(self) -> None:
         """Block until the pending asynchronous save is on disk."""
@@ -212,6 +232,13 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _as_dict(state: Any) -> dict[str, Any]:
+    """The top-level fields of a state: a dataclass's or a dict's."""
+    if dataclasses.is_dataclass(state):
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return dict(state)
 
 
 def _data_item(name: str) -> str:

@@ -33,7 +33,6 @@ new checkpoints until the final step is evaluated, so it can run beside training
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -42,44 +41,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde import checkpoint as ckpt_lib
-from score_sde import datasets, fid_eval, likelihood, losses, metrics, models, sharding
-from score_sde import experiment as experiment_lib
+from score_sde import datasets, likelihood, losses, metrics, models, sharding
 from score_sde import rng as rng_lib
-from score_sde import runlog as runlog_lib
-from score_sde import train as train_lib
-from score_sde.config import ConfigError, ExperimentConfig, from_config_dict, make_sde
 from score_sde.datasets.synthetic import MIXTURES
-from score_sde.experiment import Experiment, stream_key
-from score_sde.validation import MIN_FID_SET, get_field, require
-
-REPORT = runlog_lib.REPORT
-
-
-def eval_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "eval")
-
-
-def load_report(workdir: str) -> dict:
-    path = os.path.join(eval_dir(workdir), REPORT)
-    if not os.path.exists(path):
-        return {"checkpoints": {}}
-    with open(path) as f:
-        return json.load(f)
+from score_sde.jobs import checkpoint as ckpt_lib
+from score_sde.jobs import experiment as experiment_lib
+from score_sde.jobs import fid_eval
+from score_sde.jobs import runlog as runlog_lib
+from score_sde.jobs.config import ConfigError, ExperimentConfig, make_sde
+from score_sde.jobs.experiment import Experiment, keyed_batch, stream_key
+from score_sde.jobs.state import UNREAD_BY_EVAL, TrainState, init_state
+from score_sde.jobs.validation import MIN_FID_SET, from_config_dict, get_field, require
+from score_sde.jobs.workdir import Workdir
 
 
-class Loaded:
+class Evaluator:
     """The experiment, its mesh, a restore target and the jitted metrics, built once per job."""
 
     def __init__(self, cfg: ExperimentConfig, workdir: str):
         self.cfg = cfg
         self.mesh = sharding.make_mesh()
         self.exp = Experiment.create(cfg)
-        optimizer = train_lib.make_optimizer(cfg.optim)
-        self.target = train_lib.init_state(
-            cfg.seed, self.exp.params, self.exp.rest, optimizer, self.mesh
-        )
-        self.ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
+        self.target = init_state(cfg.seed, self.exp.params, self.exp.rest, self.mesh)
+        self.ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
         rep = sharding.replicated(self.mesh)
         self.losses = jax.jit(self._losses, out_shardings=rep)
         self.logp = jax.jit(self._logp, out_shardings=rep)
@@ -89,8 +73,9 @@ class Loaded:
         if self.images:
             self.draw_uint8 = fid_eval.sample_fn(self)
 
-    def restore(self, step: int | None = None) -> tuple[train_lib.TrainState, int]:
-        return self.ckpt.restore(self.target, step)
+    def restore(self, step: int | None = None) -> tuple[TrainState, int]:
+        """The EMA parameters (and what the metrics' keys need) of checkpoint ``step``."""
+        return self.ckpt.restore(self.target, step, skip=UNREAD_BY_EVAL)
 
     def batches(self):
         """(index, global batch) over one pass of the eval split, the last one padded."""
@@ -101,9 +86,7 @@ class Loaded:
 
     def _losses(self, state, batch, index):
         """(per-example eval losses of the EMA parameters [B], the batch's mask [B])."""
-        key = stream_key(jax.random.wrap_key_data(state.rng), "eval_loss", index)
-        data_key, loss_key = jax.random.split(key)
-        x, y = self.exp.prepare_batch(batch, data_key)
+        x, y, loss_key = keyed_batch(self.exp.prepare_batch, state.rng, "eval_loss", index, batch)
         loss_fn = self.exp.loss_builder(train=False, per_example=True)(state.rest)
         return loss_fn(loss_key, state.ema_params, x, y), batch["mask"]
 
@@ -114,7 +97,7 @@ class Loaded:
         images = len(exp.data_shape) == 3
         deq_key, ode_key = jax.random.split(key)
         if images:
-            x = datasets.dequantize(deq_key, x)
+            x = likelihood.uniform_dequantize(deq_key, x, data_range=(0.0, 1.0))
         labels = batch["label"] if exp.conditional else None  # log p(x | y)
         score_fn = exp.score_fn(state.ema_params, state.rest, labels)
         lp, nfe = likelihood.log_likelihood(
@@ -129,9 +112,8 @@ class Loaded:
 
     def _correct(self, state, batch, index):
         """A classifier's hits [B] at t ~ U(eps, T) and at t = eps, and the mask [B]."""
-        key = stream_key(jax.random.wrap_key_data(state.rng), "eval_loss", index)
-        data_key, t_key, noise_key = jax.random.split(key, 3)
-        x, y = self.exp.prepare_batch(batch, data_key)
+        x, y, key = keyed_batch(self.exp.prepare_batch, state.rng, "eval_loss", index, batch)
+        t_key, noise_key = jax.random.split(key)
         model = lambda params, x, t, y, rng: self.exp.model_output(params, state.rest, x, t)
         eps, batch_size = self.cfg.training.eps, x.shape[0]
 
@@ -139,7 +121,7 @@ class Loaded:
             logits = losses.noisy_logits(noise_key, self.exp.sde, model, state.ema_params, x, t)
             return jnp.argmax(logits, axis=-1) == y
 
-        t = rng_lib.uniform(t_key, batch_size, eps, self.exp.sde.T)
+        t = rng_lib.uniform_scalars(t_key, batch_size, eps, self.exp.sde.T)
         return hits(t), hits(jnp.full((batch_size,), eps)), batch["mask"]
 
 
@@ -149,20 +131,20 @@ def _host(tree):
 
 
 # --- metrics ---------------------------------------------------------------------------------
-def eval_loss(loaded: Loaded, state) -> float:
+def eval_loss(evaluator: Evaluator, state) -> float:
     """Mean per-example training loss of the EMA parameters over the eval split."""
     values = []
-    for i, batch in loaded.batches():
-        loss, mask = _host(loaded.losses(state, batch, i))
+    for i, batch in evaluator.batches():
+        loss, mask = _host(evaluator.losses(state, batch, i))
         values.append(loss[mask])
     return float(np.mean(np.concatenate(values)))
 
 
-def eval_accuracy(loaded: Loaded, state) -> dict:
+def eval_accuracy(evaluator: Evaluator, state) -> dict:
     """A classifier's accuracy over the eval split, at t ~ U(eps, T) and at t = eps."""
     noisy, clean = [], []
-    for i, batch in loaded.batches():
-        hit, hit_clean, mask = _host(loaded.correct(state, batch, i))
+    for i, batch in evaluator.batches():
+        hit, hit_clean, mask = _host(evaluator.correct(state, batch, i))
         noisy.append(hit[mask])
         clean.append(hit_clean[mask])
     return {
@@ -171,15 +153,15 @@ def eval_accuracy(loaded: Loaded, state) -> dict:
     }
 
 
-def eval_bpd(loaded: Loaded, state, step: int) -> dict:
+def eval_bpd(evaluator: Evaluator, state, step: int) -> dict:
     """Bits/dim (and NLL in nats per example) of the eval split under the probability-flow ODE,
     averaged over ``eval.bpd_num_repeats`` passes."""
-    base = stream_key(jax.random.key(loaded.cfg.seed), "bpd", step)
+    base = stream_key(jax.random.key(evaluator.cfg.seed), "bpd", step)
     nll, bpds, nfes = [], [], []
-    for r in range(loaded.cfg.eval.bpd_num_repeats):
-        for i, batch in loaded.batches():
+    for r in range(evaluator.cfg.eval.bpd_num_repeats):
+        for i, batch in evaluator.batches():
             key = jax.random.fold_in(jax.random.fold_in(base, r), i)
-            lp, bpd, nfe, mask = _host(loaded.logp(state, batch, key))
+            lp, bpd, nfe, mask = _host(evaluator.logp(state, batch, key))
             nll.append(-lp[mask])
             bpds.append(bpd[mask])
             nfes.append(float(nfe))
@@ -202,7 +184,7 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
         return None
     field = f"config.sampling.classifier_workdir={workdir!r}"
     try:
-        ckpt = ckpt_lib.Checkpointer(experiment_lib.checkpoint_dir(workdir), read_only=True)
+        ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
         saved, _ = ckpt.read_json()
         clf = from_config_dict(saved, device_count=jax.device_count())
     except ckpt_lib.NoCheckpointError as err:
@@ -235,16 +217,16 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
         f"{field}: its classifier has {clf.model.num_classes} classes but config.model."
         f"num_classes={classes}.",
     )
-    loaded = Loaded(clf, workdir)
-    state, _ = loaded.restore()
-    logits_fn = loaded.exp.logits_fn(state.ema_params, state.rest)
+    evaluator = Evaluator(clf, workdir)
+    state, _ = evaluator.restore()
+    logits_fn = evaluator.exp.logits_fn(state.ema_params, state.rest)
     return experiment_lib.Guide(logits_fn, clf.model.num_classes, cfg.sampling.classifier_scale)
 
 
-def draw_samples(loaded: Loaded, state, step: int, n: int) -> np.ndarray:
+def draw_samples(evaluator: Evaluator, state, step: int, n: int) -> np.ndarray:
     """``n`` samples in data space, drawn in batches of ``eval.batch_size``."""
-    exp, bs = loaded.exp, loaded.cfg.eval.batch_size
-    key = stream_key(jax.random.key(loaded.cfg.seed), "sample", step)
+    exp, bs = evaluator.exp, evaluator.cfg.eval.batch_size
+    key = stream_key(jax.random.key(evaluator.cfg.seed), "sample", step)
     out = [
         exp.sample(
             state.ema_params,
@@ -252,7 +234,7 @@ def draw_samples(loaded: Loaded, state, step: int, n: int) -> np.ndarray:
             jax.random.fold_in(key, i),
             min(bs, n - i * bs),
             start=i * bs,
-            guide=loaded.guide,
+            guide=evaluator.guide,
         )
         for i in range(math.ceil(n / bs))
     ]
@@ -270,20 +252,20 @@ def held_out(cfg: ExperimentConfig, n: int) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def sample_quality(loaded: Loaded, state, step: int, out_dir: str) -> dict:
+def sample_quality(evaluator: Evaluator, state, step: int, out_dir: str) -> dict:
     """Samples to ``out_dir`` (npz + PNG); for vector data, distances to held-out data."""
-    n = loaded.cfg.eval.num_samples
-    samples = draw_samples(loaded, state, step, n)
+    n = evaluator.cfg.eval.num_samples
+    samples = draw_samples(evaluator, state, step, n)
     result = {"num_samples": n}
     reference = None
-    if len(loaded.exp.data_shape) == 1:
-        reference = held_out(loaded.cfg, n)
-        key = stream_key(jax.random.key(loaded.cfg.seed), "metrics", step)
+    if len(evaluator.exp.data_shape) == 1:
+        reference = held_out(evaluator.cfg, n)
+        key = stream_key(jax.random.key(evaluator.cfg.seed), "metrics", step)
         m = min(len(reference), len(samples))
         result["sliced_wasserstein"] = float(metrics.sliced_wasserstein(key, samples, reference))
         result["energy_distance"] = float(metrics.energy_distance(samples[:m], reference[:m]))
-        mixture = MIXTURES.get(loaded.cfg.data.dataset)
-        labels = loaded.exp.sample_labels(0, n, loaded.guide)
+        mixture = MIXTURES.get(evaluator.cfg.data.dataset)
+        labels = evaluator.exp.sample_labels(0, n, evaluator.guide)
         if labels is not None and mixture is not None:
             best = np.argmax(np.asarray(jax.jit(mixture().responsibilities)(samples)), axis=1)
             result["class_accuracy"] = float(np.mean(best == labels))
@@ -299,21 +281,21 @@ def sample_quality(loaded: Loaded, state, step: int, out_dir: str) -> dict:
 
 
 def evaluate_checkpoint(
-    loaded: Loaded, step: int, out_dir: str, quality: fid_eval.ImageQuality | None = None
+    evaluator: Evaluator, step: int, out_dir: str, quality: fid_eval.ImageQuality | None = None
 ) -> dict:
-    state, step = loaded.restore(step)
-    ec, result = loaded.cfg.eval, {}
+    state, step = evaluator.restore(step)
+    ec, result = evaluator.cfg.eval, {}
     started = time.perf_counter()
     if ec.enable_loss:
-        result["loss"] = eval_loss(loaded, state)
-        if loaded.exp.classifier:
-            result.update(eval_accuracy(loaded, state))
+        result["loss"] = eval_loss(evaluator, state)
+        if evaluator.exp.classifier:
+            result.update(eval_accuracy(evaluator, state))
     if ec.enable_bpd:
-        result.update(eval_bpd(loaded, state, step))
+        result.update(eval_bpd(evaluator, state, step))
     if ec.enable_sampling:
-        result.update(sample_quality(loaded, state, step, out_dir))
+        result.update(sample_quality(evaluator, state, step, out_dir))
     if quality is not None:
-        result.update(quality(loaded, state, step, out_dir))
+        result.update(quality(evaluator, state, step, out_dir))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -348,17 +330,16 @@ def evaluate(
     """
     images = cfg.data.image_size is not None
     quality = fid_eval.ImageQuality(cfg, images=images, progress=progress)  # bad paths fail early
-    loaded = Loaded(cfg, workdir)
-    log = runlog_lib.EvalLog(eval_dir(workdir), load_report(workdir))
+    evaluator = Evaluator(cfg, workdir)
+    log = runlog_lib.EvalLog(Workdir(workdir))
     say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     last_new, waiting = time.monotonic(), False
     while True:
-        steps = (
-            [step] if step is not None else [s for s in loaded.ckpt.all_steps() if _wanted(cfg, s)]
-        )
+        steps = evaluator.ckpt.all_steps() if step is None else [step]
+        steps = [s for s in steps if step is not None or _wanted(cfg, s)]
         for s in [s for s in steps if str(s) not in log.done]:
             say(f"Evaluating checkpoint {s} ...")
-            result = evaluate_checkpoint(loaded, s, log.out_dir, quality)
+            result = evaluate_checkpoint(evaluator, s, log.out_dir, quality)
             numbers = (f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
             say(f"  step {s}: " + ", ".join(numbers))
             log.add(s, result)
@@ -394,10 +375,10 @@ def generate(
     if fid and num_samples < MIN_FID_SET:
         raise ConfigError(f"--fid with --num_samples={num_samples}: draw at least {MIN_FID_SET}.")
     inception = fid_eval.load_inception(cfg) if fid else None  # a bad path fails early
-    loaded = Loaded(cfg, workdir)
-    state, step = loaded.restore(step)
-    samples = draw_samples(loaded, state, step, num_samples)
-    out = os.path.join(os.path.abspath(workdir), "samples")
+    evaluator = Evaluator(cfg, workdir)
+    state, step = evaluator.restore(step)
+    samples = draw_samples(evaluator, state, step, num_samples)
+    out = Workdir(workdir).samples
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"sample_{step}.png")
     if jax.process_index() == 0:

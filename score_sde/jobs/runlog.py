@@ -1,11 +1,7 @@
 """Run logging: tensorboardX event files, ``metrics.jsonl``, a tqdm progress bar and PNG grids.
 
 Only process 0 writes (``enabled=False`` elsewhere turns every method into a no-op), so a
-multi-host run leaves one set of files. Layout under the workdir::
-
-    tensorboard/     event files (``tensorboard --logdir <workdir>/tensorboard``)
-    metrics.jsonl    one JSON object per logged step: {"step": ..., "loss": ..., ...}
-    samples/         sample grids, ``<name>_<step>.png``
+multi-host run leaves one set of files, where ``workdir.Workdir`` puts them.
 """
 
 from __future__ import annotations
@@ -18,6 +14,8 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 from PIL import Image
+
+from score_sde.jobs.workdir import Workdir
 
 
 def make_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> np.ndarray:
@@ -39,7 +37,6 @@ def make_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> 
     return np.round(np.clip(grid, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-REPORT = "report.json"  # an eval job's results, under <workdir>/eval
 MIN_CELL = 48  # pixels: smaller images are enlarged (nearest neighbour) in PNG grids
 
 
@@ -106,7 +103,7 @@ class RunLog:
 
     def __init__(
         self,
-        workdir: str,
+        workdir: Workdir,
         *,
         total_steps: int,
         initial_step: int = 0,
@@ -118,14 +115,12 @@ class RunLog:
         self._writer = self._bar = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        os.makedirs(workdir.root, exist_ok=True)
+        self.jsonl_path = workdir.metrics
         truncate_jsonl(self.jsonl_path, initial_step)
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=initial_step or None
-        )
+        self._writer = SummaryWriter(workdir.tensorboard, purge_step=initial_step or None)
         if progress:
             from tqdm.auto import tqdm
 
@@ -155,7 +150,7 @@ class RunLog:
         """Write ``samples`` as ``samples/<name>_<step>.png`` (and to tensorboard if images)."""
         if not self.enabled:
             return None
-        path = os.path.join(self.workdir, "samples", f"{name}_{step}.png")
+        path = os.path.join(self.workdir.samples, f"{name}_{step}.png")
         save_samples_png(path, samples, reference)
         if np.ndim(samples) == 4:
             self._writer.add_image(name, make_grid(samples), step, dataformats="HWC")
@@ -185,26 +180,35 @@ def write_json(path: str, value: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-class EvalLog:
-    """An eval job's ``report.json`` ({"checkpoints": {step: result}, "latest": ...}) in
-    ``out_dir`` and its TensorBoard scalars (``out_dir/tensorboard``); process 0 writes."""
+def read_report(workdir: Workdir) -> dict:
+    """The eval report of ``workdir`` so far ({"checkpoints": {}} before the first)."""
+    if not os.path.exists(workdir.report):
+        return {"checkpoints": {}}
+    with open(workdir.report) as f:
+        return json.load(f)
 
-    def __init__(self, out_dir: str, report: dict):
-        self.out_dir, self.report = out_dir, report
-        os.makedirs(out_dir, exist_ok=True)
-        self.done = report["checkpoints"]
+
+class EvalLog:
+    """An eval job's ``report.json`` ({"checkpoints": {step: result}, "latest": ...}) and its
+    TensorBoard scalars, under ``<workdir>/eval``; process 0 writes."""
+
+    def __init__(self, workdir: Workdir):
+        self.workdir, self.out_dir = workdir, workdir.eval
+        self.report = read_report(workdir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.done = self.report["checkpoints"]
         self._writer = None
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+            self._writer = SummaryWriter(workdir.eval_tensorboard)
 
     def add(self, step: int, result: dict) -> None:
         self.done[str(step)] = result
         self.report["latest"] = {"step": step, **result}
         if self._writer is None:
             return
-        write_json(os.path.join(self.out_dir, REPORT), self.report)
+        write_json(self.workdir.report, self.report)
         for key, value in result.items():
             if isinstance(value, float | int) and not isinstance(value, bool):
                 self._writer.add_scalar(f"eval/{key}", value, step)

@@ -24,31 +24,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from score_sde import checkpoint as ckpt_lib
-from score_sde import experiment as experiment_lib
-from score_sde import runlog as runlog_lib
-from score_sde.config import ExperimentConfig, OptimConfig
-from score_sde.experiment import stream_key
-from score_sde.sharding import make_mesh, put_batches, put_global, put_replicated, replicated
+from score_sde.jobs import checkpoint as ckpt_lib
+from score_sde.jobs import experiment as experiment_lib
+from score_sde.jobs import runlog as runlog_lib
+from score_sde.jobs.config import ExperimentConfig, OptimConfig
+from score_sde.jobs.experiment import keyed_batch, stream_key
+from score_sde.jobs.state import TrainState, init_state
+from score_sde.jobs.workdir import Workdir
+from score_sde.sharding import make_mesh, put_batches, put_global, replicated
 
 Array = jax.Array
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss stays NaN/inf for ``training.max_bad_steps`` consecutive steps."""
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class TrainState:
-    step: Array  # int32 []: optimiser steps taken (skipped ones included)
-    params: Any  # trainable parameters, float32
-    ema_params: Any  # exponential moving average of params: its own buffers
-    opt_state: Any
-    rest: Any  # non-trainable model variables, never updated
-    rng: Array  # uint32 key data of the run's base key
-    bad_steps: Array  # int32 []: consecutive steps with a non-finite loss or gradient
-    skipped: Array  # int32 []: all skipped steps
 
 
 # --- optimiser -------------------------------------------------------------------------------
@@ -73,25 +62,6 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
         weight_decay=optim.weight_decay,
     )
     return optax.chain(clip, adam)
-
-
-def init_state(seed: int, params, rest, optimizer, mesh) -> TrainState:
-    """The step-0 state, replicated on ``mesh``; the EMA starts as a copy of params in buffers
-    of its own (sharing them would fail under donation: "donate the same buffer twice")."""
-    params = put_replicated(params, mesh)
-    host = dict(
-        step=np.int32(0),
-        rest=rest,
-        rng=np.asarray(jax.random.key_data(jax.random.key(seed))),
-        bad_steps=np.int32(0),
-        skipped=np.int32(0),
-    )
-    return TrainState(
-        params=params,
-        ema_params=jax.tree.map(jnp.copy, params),
-        opt_state=jax.jit(optimizer.init, out_shardings=replicated(mesh))(params),
-        **put_replicated(host, mesh),
-    )
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -131,9 +101,7 @@ def make_train_step(
     unchanged and is counted. The EMA decay is ``ema_decay(ema_rate, step, ema_warmup)``."""
 
     def one_step(state: TrainState, batch: dict):
-        key = stream_key(jax.random.wrap_key_data(state.rng), "train", state.step)
-        data_key, loss_key = jax.random.split(key)
-        x, y = prepare_batch(batch, data_key)
+        x, y, loss_key = keyed_batch(prepare_batch, state.rng, "train", state.step, batch)
         loss_fn = loss_builder(state.rest)
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(loss_key, state.params, x, y)
         finite = jnp.isfinite(loss) & _all_finite(grads)
@@ -200,9 +168,7 @@ def make_eval_loss(loss_builder: LossBuilder, mesh, prepare_batch):
     """``eval_fn(state, batch) -> loss`` of the EMA parameters on one batch (no dropout)."""
 
     def eval_loss(state: TrainState, batch: dict):
-        key = stream_key(jax.random.wrap_key_data(state.rng), "eval_loss", state.step)
-        data_key, loss_key = jax.random.split(key)
-        x, y = prepare_batch(batch, data_key)
+        x, y, loss_key = keyed_batch(prepare_batch, state.rng, "eval_loss", state.step, batch)
         return loss_builder(state.rest)(loss_key, state.ema_params, x, y)
 
     return jax.jit(eval_loss, out_shardings=replicated(mesh))
@@ -244,7 +210,7 @@ class Trainer:
         )
 
     def initial_state(self) -> TrainState:
-        return init_state(self.cfg.seed, self.exp.params, self.exp.rest, self.optimizer, self.mesh)
+        return init_state(self.cfg.seed, self.exp.params, self.exp.rest, self.mesh, self.optimizer)
 
     def run(self, workdir: str, *, progress: bool = True) -> TrainState:
         """Train in ``workdir``, resuming from its latest checkpoint; returns the final state.
@@ -259,8 +225,9 @@ class Trainer:
         train_it = exp.data_iterator("train")
         eval_it = exp.data_iterator(cfg.eval.bpd_split)
         iterators = {"train": train_it, "eval": eval_it}
+        wd = Workdir(workdir)
         ckpt = ckpt_lib.Checkpointer(
-            experiment_lib.checkpoint_dir(workdir),
+            wd.checkpoints,
             max_to_keep=tc.keep_checkpoints,
             keep_period=tc.snapshot_freq,
         )
@@ -270,7 +237,7 @@ class Trainer:
             say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
         step = start_step = int(state.step)
         log = runlog_lib.RunLog(
-            workdir, total_steps=tc.n_iters, initial_step=step, enabled=is_main, progress=progress
+            wd, total_steps=tc.n_iters, initial_step=step, enabled=is_main, progress=progress
         )
         config_json = experiment_lib.config_to_json(cfg)
         meta = dict(param_count=exp.param_count, process_count=jax.process_count())

@@ -1,9 +1,9 @@
 """Command line: train, evaluate or sample an experiment described by an ml_collections config.
 
-    python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode train
-    python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode eval
-    python -m score_sde.main --config configs/digits.py --workdir runs/digits --mode sample
-    python -m score_sde.main --config configs/digits.py --mode fid_stats
+    python -m score_sde --config configs/digits.py --workdir runs/digits --mode train
+    python -m score_sde --config configs/digits.py --workdir runs/digits --mode eval
+    python -m score_sde --config configs/digits.py --workdir runs/digits --mode sample
+    python -m score_sde --config configs/digits.py --mode fid_stats
 
 Any config field can be overridden, e.g. ``--config.training.n_iters=2000``. The config is
 validated first: an invalid one stops the job with one line naming the field (exit code 2).
@@ -97,10 +97,11 @@ def run_job(
     not fit it, ``EXIT_DIVERGED`` when training stopped on a non-finite loss."""
     import jax
 
-    from score_sde.checkpoint import CheckpointMismatchError, NoCheckpointError
-    from score_sde.config import ConfigError, from_config_dict
     from score_sde.datasets import DatasetNotPreparedError
-    from score_sde.train import NonFiniteLossError
+    from score_sde.jobs.checkpoint import CheckpointMismatchError, NoCheckpointError
+    from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.train import NonFiniteLossError
+    from score_sde.jobs.validation import from_config_dict
 
     try:
         cfg = from_config_dict(config, device_count=jax.device_count())
@@ -109,19 +110,19 @@ def run_job(
         return EXIT_CONFIG
     try:
         if mode == "train":
-            from score_sde.train import train
+            from score_sde.jobs.train import train
 
             train(cfg, workdir, progress=progress)
         elif mode == "eval":
-            from score_sde.evaluate import evaluate
+            from score_sde.jobs.evaluate import evaluate
 
             evaluate(cfg, workdir, step=step, timeout_seconds=eval_timeout, progress=progress)
         elif mode == "fid_stats":
-            from score_sde.fid_eval import fid_stats_job
+            from score_sde.jobs.fid_eval import fid_stats_job
 
             fid_stats_job(cfg, progress=progress)
         else:
-            from score_sde.evaluate import generate
+            from score_sde.jobs.evaluate import generate
 
             path = generate(
                 cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
@@ -174,8 +175,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.exit(EXIT_CONFIG)
 
 
+HELP = ("-h", "--help", "-?", "--helpshort")
+
+
+def usage() -> str:
+    """This module's docstring and its flags (absl's own help names only --helpfull)."""
+    return f"{__doc__}\nflags:\n{FLAGS.module_help(sys.modules[__name__])}"
+
+
 def run() -> None:
-    """Entry point of ``python -m score_sde.main`` and of the ``score-sde`` console script."""
+    """Entry point of ``python -m score_sde`` and of the ``score-sde`` console script."""
+    if any(arg in HELP for arg in sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
     root = _config_package_root(sys.argv)
     if root is not None and root not in sys.path:
         sys.path.insert(0, root)

@@ -8,9 +8,10 @@ discrete loss's chain) below.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
-from score_sde.config import (
+from score_sde.jobs.config import (
     COMPUTE_DTYPES,
     FIXED_MODEL_FIELDS,
     OPTIMIZERS,
@@ -21,6 +22,7 @@ from score_sde.config import (
     SamplingConfig,
     make_sde,
     model_options,
+    parse,
 )
 from score_sde.sde import SDES
 
@@ -48,11 +50,23 @@ def get_field(exp: ExperimentConfig, path: str) -> Any:
 
 def validate(exp: ExperimentConfig, device_count: int) -> None:
     """Raise ``ConfigError`` naming the first invalid field of ``exp``."""
-    from score_sde import datasets, models, parameterization, sampling
-    from score_sde.models import embeddings, ncsnpp
+    from score_sde import models, sampling
     from score_sde.sampling import pc
 
-    t, s, d, m = exp.training, exp.sampling, exp.data, exp.model
+    _validate_names(exp)
+    _validate_numbers(exp, device_count)
+    _validate_data(exp)
+    _validate_sampler(exp.sampling, sampling.method_options(exp.sampling.method), pc)
+    _validate_model_inputs(exp)
+    _validate_labels(exp, exp.model.name in models.CLASSIFIERS)
+    _validate_discrete_loss(exp)
+
+
+def _validate_names(exp: ExperimentConfig) -> None:
+    """Each name field against the dict that defines its values."""
+    from score_sde import datasets, models, parameterization, sampling
+    from score_sde.models import embeddings, ncsnpp
+
     for path, valid in [
         ("training.sde", SDES),
         ("training.compute_dtype", COMPUTE_DTYPES),
@@ -69,24 +83,34 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
         ("optim.optimizer", OPTIMIZERS),
     ]:
         _check_name(path, get_field(exp, path), valid)
+    model = exp.model
+    for name, only in FIXED_MODEL_FIELDS.items():
+        require(
+            getattr(model, name) == only,
+            f"config.model.{name}={getattr(model, name)!r}: only {only!r} is implemented (the "
+            "field is kept so configs read like yang-song/score_sde's).",
+        )
+
+
+def _validate_numbers(exp: ExperimentConfig, device_count: int) -> None:
+    """Ranges, orderings, and the batch sizes and frequencies the devices and chunks need."""
+    model, training = exp.model, exp.training
     for rule, (ok, paths) in RANGES.items():
         for path in paths.split():
             value = get_field(exp, path)
             require(value is None or ok(value), f"config.{path}={value} must be {rule}.")
-    for name, only in FIXED_MODEL_FIELDS.items():
-        require(
-            getattr(m, name) == only,
-            f"config.model.{name}={getattr(m, name)!r}: only {only!r} is implemented (the field "
-            "is kept so configs read like yang-song/score_sde's).",
-        )
     require(
-        m.beta_min < m.beta_max,
-        f"config.model.beta_max={m.beta_max} must be > config.model.beta_min={m.beta_min} > 0.",
+        model.beta_min < model.beta_max,
+        f"config.model.beta_max={model.beta_max} must be > config.model.beta_min="
+        f"{model.beta_min} > 0.",
     )
-    require(0 < m.beta_min, f"config.model.beta_min={m.beta_min} must be > 0 (and < beta_max).")
     require(
-        m.sigma_min < m.sigma_max,
-        f"config.model.sigma_min={m.sigma_min} must be < config.model.sigma_max={m.sigma_max}.",
+        0 < model.beta_min, f"config.model.beta_min={model.beta_min} must be > 0 (and < beta_max)."
+    )
+    require(
+        model.sigma_min < model.sigma_max,
+        f"config.model.sigma_min={model.sigma_min} must be < config.model.sigma_max="
+        f"{model.sigma_max}.",
     )
     for path in ("training.batch_size", "eval.batch_size"):
         batch = get_field(exp, path)
@@ -96,19 +120,20 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
             f"({device_count}): each device takes an equal share of the global batch.",
         )
     for name in ("snapshot_freq", "snapshot_freq_for_preemption", "log_freq", "eval_freq"):
-        freq = getattr(t, name)
+        freq = getattr(training, name)
         require(
-            freq >= 1 and freq % t.n_jitted_steps == 0,
+            freq >= 1 and freq % training.n_jitted_steps == 0,
             f"config.training.{name}={freq} must be a positive multiple of "
-            f"config.training.n_jitted_steps={t.n_jitted_steps} (steps run in chunks of it).",
+            f"config.training.n_jitted_steps={training.n_jitted_steps} (steps run in chunks of "
+            "it).",
         )
     require(
-        not t.importance_sampling or t.likelihood_weighting,
+        not training.importance_sampling or training.likelihood_weighting,
         "config.training.importance_sampling=True samples t for the likelihood weighting: "
         "set config.training.likelihood_weighting=True too.",
     )
     require(
-        t.continuous or not t.likelihood_weighting,
+        training.continuous or not training.likelihood_weighting,
         "config.training.likelihood_weighting=True needs config.training.continuous=True "
         "(the discrete DDPM/SMLD losses have fixed weights).",
     )
@@ -117,14 +142,19 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
         f"config.eval.end_ckpt={exp.eval.end_ckpt} must be >= config.eval.begin_ckpt="
         f"{exp.eval.begin_ckpt} (or -1: no upper bound).",
     )
+
+
+def _validate_data(exp: ExperimentConfig) -> None:
+    """Vector data or images, and enough images for the image metrics."""
+    data = exp.data
     require(
-        d.num_channels in (None, 1, 3),
-        f"config.data.num_channels={d.num_channels} must be 1, 3 (or None for vector data).",
+        data.num_channels in (None, 1, 3),
+        f"config.data.num_channels={data.num_channels} must be 1, 3 (or None for vector data).",
     )
     require(
-        (d.image_size is None) == (d.num_channels is None),
-        f"config.data.image_size={d.image_size} and config.data.num_channels={d.num_channels}: "
-        "set both (images) or neither (vector data).",
+        (data.image_size is None) == (data.num_channels is None),
+        f"config.data.image_size={data.image_size} and config.data.num_channels="
+        f"{data.num_channels}: set both (images) or neither (vector data).",
     )
     for path, zero in [
         ("eval.num_fid_samples", "0 (off) or "),
@@ -137,24 +167,20 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
             f"config.{path}={value} must be {zero}>= {MIN_FID_SET}: the covariance, KID and "
             "the 5-nearest-neighbour metrics need several images.",
         )
-    _validate_sampler(s, sampling.method_options(s.method), pc)
-    _validate_model_inputs(exp)
-    _validate_labels(exp, m.name in models.CLASSIFIERS)
-    _validate_discrete_loss(exp)
 
 
-def _validate_sampler(s: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
-    for name in s.options:
+def _validate_sampler(sc: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
+    for name in sc.options:
         require(
             name in accepted,
             f"config.sampling.options has {name!r}, not an option of sampling.method="
-            f"{s.method!r}; its options: {', '.join(accepted)}.",
+            f"{sc.method!r}; its options: {', '.join(accepted)}.",
         )
     if "predictor" in accepted:
-        _check_name("sampling.predictor", s.predictor, pc.PREDICTORS)
-        _check_name("sampling.corrector", s.corrector, pc.CORRECTORS)
+        _check_name("sampling.predictor", sc.predictor, pc.PREDICTORS)
+        _check_name("sampling.corrector", sc.corrector, pc.CORRECTORS)
         require(
-            not (s.probability_flow and s.predictor == "ancestral"),
+            not (sc.probability_flow and sc.predictor == "ancestral"),
             "config.sampling.probability_flow=True has no ancestral form: set "
             "config.sampling.predictor to 'reverse_diffusion' or 'euler_maruyama'.",
         )
@@ -163,24 +189,24 @@ def _validate_sampler(s: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
 def _validate_model_inputs(exp: ExperimentConfig) -> None:
     """Labels the model needs; images a U-Net can halve len(ch_mult) - 1 times, with attention
     at resolutions it reaches."""
-    m, size = exp.model, exp.data.image_size
-    options = model_options(m.name)
+    model, size = exp.model, exp.data.image_size
+    options = model_options(model.name)
     needs_classes = getattr(options.get("num_classes"), "default", None) is inspect.Parameter.empty
     require(
-        m.num_classes > 0 or not needs_classes,
-        f"config.model.name={m.name!r} needs classes: set config.model.num_classes.",
+        model.num_classes > 0 or not needs_classes,
+        f"config.model.name={model.name!r} needs classes: set config.model.num_classes.",
     )
     if size is None or "ch_mult" not in options:
         return
-    require(len(m.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
-    factor = 2 ** (len(m.ch_mult) - 1)
+    require(len(model.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
+    factor = 2 ** (len(model.ch_mult) - 1)
     require(
         size % factor == 0,
         f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1)"
-        f"={factor}: use a multiple of {factor} or fewer levels in ch_mult={m.ch_mult}.",
+        f"={factor}: use a multiple of {factor} or fewer levels in ch_mult={model.ch_mult}.",
     )
-    reachable = [size // 2**i for i in range(len(m.ch_mult))]
-    for res in m.attn_resolutions:
+    reachable = [size // 2**i for i in range(len(model.ch_mult))]
+    for res in model.attn_resolutions:
         require(
             res in reachable,
             f"config.model.attn_resolutions has {res}, not a resolution of the U-Net for "
@@ -191,32 +217,32 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
 def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
     """Label dropout and guidance need a class-conditional score model; a classifier is trained
     by cross-entropy at continuous t and has no samples nor likelihood."""
-    t, m, scale = exp.training, exp.model, exp.sampling.guidance_scale
+    training, model, scale = exp.training, exp.model, exp.sampling.guidance_scale
     require(
-        t.label_dropout == 0 or (m.num_classes > 0 and not classifier),
-        f"config.training.label_dropout={t.label_dropout} drops the class labels of a "
-        f"class-conditional score model, but config.model.name={m.name!r} with "
-        f"num_classes={m.num_classes}: set config.training.label_dropout=0.",
+        training.label_dropout == 0 or (model.num_classes > 0 and not classifier),
+        f"config.training.label_dropout={training.label_dropout} drops the class labels of a "
+        f"class-conditional score model, but config.model.name={model.name!r} with "
+        f"num_classes={model.num_classes}: set config.training.label_dropout=0.",
     )
     require(
-        scale == 1 or t.label_dropout > 0,
+        scale == 1 or training.label_dropout > 0,
         f"config.sampling.guidance_scale={scale} needs a model trained with the null label: set "
         "config.training.label_dropout > 0 (e.g. 0.1) and config.model.num_classes, or scale 1.",
     )
     if not classifier:
         return
     for path, value, fix in [
-        ("training.continuous", t.continuous, True),
-        ("training.likelihood_weighting", t.likelihood_weighting, False),
-        ("training.snapshot_sampling", t.snapshot_sampling, False),
+        ("training.continuous", training.continuous, True),
+        ("training.likelihood_weighting", training.likelihood_weighting, False),
+        ("training.snapshot_sampling", training.snapshot_sampling, False),
         ("eval.enable_bpd", exp.eval.enable_bpd, False),
         ("eval.enable_sampling", exp.eval.enable_sampling, False),
-        ("model.scale_by_sigma", m.scale_by_sigma, False),
+        ("model.scale_by_sigma", model.scale_by_sigma, False),
         ("sampling.classifier_workdir", exp.sampling.classifier_workdir, ""),
     ]:
         require(
             value == fix,
-            f"config.{path}={value}: config.model.name={m.name!r} trains a noise-conditional "
+            f"config.{path}={value}: config.model.name={model.name!r} trains a noise-conditional "
             f"classifier (cross-entropy at continuous t, no samples): set config.{path}={fix!r}.",
         )
 
@@ -231,3 +257,20 @@ def _validate_discrete_loss(exp: ExperimentConfig) -> None:
         raise ConfigError(
             f"config.training.continuous=False with config.training.sde={exp.training.sde!r}: {err}"
         ) from None
+
+
+def from_config_dict(cfg: Mapping[str, Any], *, device_count: int | None = None):
+    """The validated ``ExperimentConfig`` of an ``ml_collections.ConfigDict`` (or a nested dict,
+    e.g. ``dataclasses.asdict`` of an ExperimentConfig read back from JSON).
+
+    ``device_count`` (default ``jax.device_count()``) must divide the batch sizes.
+    Raises ``ConfigError`` naming the first invalid field.
+    """
+    values = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    exp = parse(values)
+    if device_count is None:
+        import jax
+
+        device_count = jax.device_count()
+    validate(exp, device_count)
+    return exp

@@ -3,10 +3,10 @@
 Config files (``configs/**.py``) build an ``ml_collections.ConfigDict`` with the sections of
 yang-song/score_sde: ``training``, ``sampling``, ``eval``, ``data``, ``model``, ``optim`` and
 ``seed``; they start from ``to_config_dict()``, which holds every field below at its default, so
-any field can be overridden on the command line. ``from_config_dict`` turns the ConfigDict into a
-frozen ``ExperimentConfig`` and checks every field (rules in ``score_sde.validation``): an
-unknown key, a wrong type or an invalid value raises ``ConfigError`` with one line naming the
-field and the fix; unknown SDE, model, sampler and data set names list the valid ones (read
+any field can be overridden on the command line. ``validation.from_config_dict`` turns the
+ConfigDict into a frozen ``ExperimentConfig`` (``parse``) and checks every field: an unknown key,
+a wrong type or an invalid value raises ``ConfigError`` with one line naming the field and the
+fix; unknown SDE, model, sampler and data set names list the valid ones (read
 from ``SDES``, ``models.MODELS``, ``sampling.METHODS`` and ``datasets.DATASETS``).
 
 For the trainer: ``make_sde(cfg)``, ``model_kwargs(cfg, shape)`` (for ``models.create``) and
@@ -96,7 +96,7 @@ class EvalConfig:
     eps: float = 1e-5  # likelihood start time
     # Image quality of image models (with enable_sampling): FID, KID, IS, precision/recall and
     # density/coverage of num_fid_samples samples (0: off) against reference statistics of
-    # fid_split (score_sde.fid_eval).
+    # fid_split (score_sde.jobs.fid_eval).
     num_fid_samples: int = 50_000
     fid_split: str = "train"
     fid_reference_size: int = 0  # the first n examples of fid_split; 0: all of them
@@ -269,23 +269,10 @@ def _section(cls: type, path: str, values: Mapping[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def from_config_dict(cfg: Mapping[str, Any], *, device_count: int | None = None):
-    """The validated ``ExperimentConfig`` of an ``ml_collections.ConfigDict`` (or a nested dict,
-    e.g. ``dataclasses.asdict`` of an ExperimentConfig read back from JSON).
-
-    ``device_count`` (default ``jax.device_count()``) must divide the batch sizes.
-    Raises ``ConfigError`` naming the first invalid field.
-    """
-    values = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
-    exp = _section(ExperimentConfig, "", values)
-    if device_count is None:
-        import jax
-
-        device_count = jax.device_count()
-    from score_sde.validation import validate
-
-    validate(exp, device_count)
-    return exp
+def parse(values: Mapping[str, Any]) -> ExperimentConfig:
+    """The ``ExperimentConfig`` of nested ``values`` with each field's type checked (unknown
+    keys and wrong types raise ``ConfigError``); ``validation.from_config_dict`` checks the rest."""
+    return _section(ExperimentConfig, "", values)
 
 
 def to_config_dict(exp: ExperimentConfig | None = None) -> ml_collections.ConfigDict:

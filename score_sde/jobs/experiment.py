@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,19 +18,21 @@ import numpy as np
 from flax import nnx
 from jax.tree_util import Partial
 
-from score_sde import datasets, losses, models, sampling
+from score_sde import datasets, likelihood, losses, models, sampling
 from score_sde import rng as rng_lib
-from score_sde.config import ConfigError, ExperimentConfig, make_sde, model_kwargs, sampling_kwargs
 from score_sde.control import guidance
+from score_sde.jobs.config import (
+    ConfigError,
+    ExperimentConfig,
+    make_sde,
+    model_kwargs,
+    sampling_kwargs,
+)
 from score_sde.parameterization import to_score
 from score_sde.sde import SDE
 
 Array = jax.Array
 SNAPSHOT_SAMPLES = 64  # images in a snapshot grid
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
 STREAMS = {"train": 0, "eval_loss": 1, "sample": 2, "bpd": 3, "metrics": 4, "fid": 5}
@@ -40,6 +42,22 @@ def stream_key(base: Array, stream: str, step: int | Array) -> Array:
     """The key of ``stream`` at ``step``: fold_in(fold_in(base, stream id), step). Every random
     draw of a run comes from one of these, so a run is a function of its seed."""
     return jax.random.fold_in(jax.random.fold_in(base, STREAMS[stream]), step)
+
+
+def keyed_batch(
+    prepare_batch: Callable[[dict, Array], tuple[Array, Array | None]],
+    rng: Array,
+    stream: str,
+    step: int | Array,
+    batch: dict,
+) -> tuple[Array, Array | None, Array]:
+    """(x, y, key) of ``batch``: the key of ``stream`` at ``step`` from the run's key data
+    ``rng``, split into the data draw of ``prepare_batch`` and the ``key`` left for the loss.
+    The train step, the eval loss and the eval job's metrics all start so."""
+    key = stream_key(jax.random.wrap_key_data(rng), stream, step)
+    data_key, key = jax.random.split(key)
+    x, y = prepare_batch(batch, data_key)
+    return x, y, key
 
 
 def config_to_json(cfg: ExperimentConfig) -> dict:
@@ -154,21 +172,21 @@ class Experiment:
 
     def prepare_batch(self, batch: dict, rng: Array) -> tuple[Array, Array | None]:
         """(scaled x, labels or None). With ``data.uniform_dequantization``, 8-bit images get
-        uniform noise within their pixel level first (``datasets.dequantize``), so the model
-        learns a density whose bits/dim is meaningful; with ``training.label_dropout`` p a
-        label is replaced by the null class ``num_classes`` with probability p
-        (classifier-free guidance)."""
+        uniform noise within their pixel level first (``likelihood.uniform_dequantize``), so
+        the model learns a density whose bits/dim is meaningful; with
+        ``training.label_dropout`` p a label is replaced by the null class ``num_classes`` with
+        probability p (classifier-free guidance)."""
         deq_key, drop_key = jax.random.split(rng)
         x = batch["x"]
         if self.cfg.data.uniform_dequantization and len(self.data_shape) == 3:
-            x = datasets.dequantize(deq_key, x)
+            x = likelihood.uniform_dequantize(deq_key, x, data_range=(0.0, 1.0))
         x = self.scaler(x)
         if self.cfg.model.num_classes == 0:
             return x, None
         y = batch["label"]
         p = self.cfg.training.label_dropout
         if p > 0:
-            drop = rng_lib.uniform(drop_key, y.shape[0]) < p
+            drop = rng_lib.uniform_scalars(drop_key, y.shape[0]) < p
             y = jnp.where(drop, self.cfg.model.num_classes, y)
         return x, y
 
