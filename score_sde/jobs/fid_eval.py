@@ -209,6 +209,7 @@ def images_metrics(cfg: ExperimentConfig, inception, images: np.ndarray, *, prog
 
 def fid_stats_job(cfg: ExperimentConfig, *, progress: bool = True) -> str:
     """``--mode fid_stats``: compute and save the reference statistics; returns their path."""
+    reference_source(cfg)  # a bad split fails before the weights load (or convert)
     try:
         inception = ev.Inception.load(cfg.eval.inception_weights or None)
     except ev.WeightsError as err:
