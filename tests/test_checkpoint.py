@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train import tiny_toy_config
+from helpers import TESTS, tiny_toy_config
 
 from score_sde.jobs import checkpoint as ckpt_lib
 from score_sde.jobs import runlog
@@ -20,7 +20,6 @@ from score_sde.jobs import train as train_lib
 from score_sde.jobs.state import UNREAD_BY_EVAL, init_state
 from score_sde.jobs.workdir import Workdir
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 RESUME = {"training.n_iters": 40, "training.snapshot_freq_for_preemption": 10}
 
 
@@ -39,7 +38,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
-    from test_train import tiny_toy_config
+    from helpers import tiny_toy_config
     from score_sde.jobs import runlog, train
 
     workdir = {workdir!r}

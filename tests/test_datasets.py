@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import write_folder
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -251,25 +252,6 @@ def test_tfds_registered_sets_on_mock_data():
 
 
 # --- image folders ---------------------------------------------------------------------------
-
-
-def write_folder(root):
-    """train/cat: 3 PNGs 40 x 20 with red | green | blue vertical bands (10 | 20 | 10 px);
-    train/dog: 2 grey JPEGs; test: 1 loose PNG."""
-    bands = np.zeros((20, 40, 3), np.uint8)
-    bands[:, :10, 0] = bands[:, 10:30, 1] = bands[:, 30:, 2] = 255
-    for sub, n in (("cat", 3), ("dog", 2)):
-        (root / "train" / sub).mkdir(parents=True)
-        for i in range(n):
-            if sub == "cat":
-                Image.fromarray(bands).save(root / "train" / sub / f"{i}.png")
-            else:
-                Image.fromarray(np.full((30, 30), 128, np.uint8)).save(
-                    root / "train" / sub / f"{i}.JPG"
-                )
-    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
-    (root / "test").mkdir()
-    Image.fromarray(bands).save(root / "test" / "a.png")
 
 
 def test_image_folder(tmp_path):

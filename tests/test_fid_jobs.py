@@ -9,9 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_main import DIGITS_TINY
-from test_multidevice import _free_port, run_processes
-from test_train import as_flags, config_dict
+from helpers import DIGITS_TINY, ROOT, as_flags, config_dict, free_port, run_processes, write_folder
 
 from score_sde import datasets, evaluation
 from score_sde.evaluation import streaming
@@ -20,7 +18,6 @@ from score_sde.jobs.main import EXIT_CONFIG, run_job
 from score_sde.jobs.validation import from_config_dict
 
 pytestmark = pytest.mark.slow  # end-to-end jobs: CI runs them on python3 (3.11) only
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 24 test-split digits as the reference, in batches of 16 (the last one padded).
 STATS = {"eval.fid_split": "test", "eval.fid_reference_size": 24, "eval.batch_size": 16}
@@ -139,7 +136,7 @@ def test_two_processes_compute_the_statistics_of_one(random_inception, tmp_path)
     """Two jax.distributed processes, each running its half of every batch through Inception,
     save the statistics one process computes."""
     config = os.path.join(ROOT, "configs", "digits.py")
-    port, out = _free_port(), str(tmp_path / "two.npz")
+    port, out = free_port(), str(tmp_path / "two.npz")
     overrides = STATS | {"eval.fid_stats": out}
     flags = [
         f"--config={config}",
@@ -163,7 +160,6 @@ def test_two_processes_compute_the_statistics_of_one(random_inception, tmp_path)
 def test_fid_stats_of_an_image_folder_and_a_tfds_set(random_inception, tmp_path):
     """Every source the project reads: a folder of images and a tensorflow-datasets set."""
     import tensorflow_datasets as tfds
-    from test_datasets import write_folder
 
     write_folder(tmp_path)
     folder = {"data.dataset": "image_folder", "data.data_dir": str(tmp_path),

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import NO_TORCH, random_inception_arrays
+from helpers import NO_TORCH, random_inception_arrays
 
 from score_sde import datasets, evaluation
 from score_sde.evaluation import weights as weights_lib

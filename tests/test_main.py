@@ -10,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import DIGITS_TINY, ROOT, TINY_TOY, config_dict
 from PIL import Image
-from test_train import TINY_TOY, config_dict
 
 from score_sde.jobs.main import EXIT_CONFIG, run_job
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # end-to-end jobs: CI runs them on python3 (3.11) only
 
 
@@ -200,28 +199,6 @@ def test_digits_classifier_trains_and_reports_accuracy(tmp_path):
     # Chance is 0.1 and the loss log 10 = 2.30; near-clean digits are told apart after 300 steps.
     assert result["accuracy_clean"] > 0.3 and result["accuracy"] > 0.15, result
     assert result["loss"] < 2.2, result
-
-
-DIGITS_TINY = {
-    "training.batch_size": 8,
-    "training.n_iters": 4,
-    "training.n_jitted_steps": 2,
-    "training.snapshot_freq": 4,
-    "training.snapshot_freq_for_preemption": 2,
-    "training.log_freq": 2,
-    "training.eval_freq": 8,  # none: the toy test covers the eval loss during training
-    "training.snapshot_sampling": False,  # the eval mode draws samples
-    "model.nf": 8,
-    "model.ch_mult": (1, 2),
-    "model.num_res_blocks": 1,
-    "sampling.n_steps": 5,
-    "eval.batch_size": 64,
-    "eval.enable_loss": False,
-    "eval.num_samples": 8,
-    "eval.num_fid_samples": 0,  # test_fid_jobs runs the image metrics
-    "eval.rtol": 1e-2,
-    "eval.atol": 1e-2,
-}
 
 
 def test_digits_unet_train_eval_sample(tmp_path):

