@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from score_sde import analytic, odeint, parameterization, sampling
+from score_sde import analytic, parameterization, sampling
 from score_sde import sde as sde_lib
 from score_sde.sampling import pc
 
@@ -137,29 +137,6 @@ def test_ode_trajectory_follows_the_exact_probability_flow():
     assert int(nfe_den) == int(nfe) + 1
     np.testing.assert_array_equal(traj_den, traj)
     np.testing.assert_allclose(x_den, tweedie(traj[2], EPS), rtol=1e-12)
-
-
-@pytest.mark.parametrize("t0,t1", [(0.0, 2.0), (2.0, 0.5)])
-def test_odeint_solve_saves_a_pytree_in_both_directions(t0, t1):
-    """dy/dt = -y, dI/dt = y: y_t = y0 e^{-(t - t0)}, I_t = y0 (1 - e^{-(t - t0)})."""
-    y0 = jnp.asarray([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.25]])
-    state0 = (y0, jnp.zeros(3))
-
-    def field(t, state, args):
-        return -state[0], jnp.sum(state[0])
-
-    save_at = (1.0, t1, t0, 1.5)
-    kw = dict(rtol=1e-10, atol=1e-10)
-    end_plain, nfe_plain = odeint.solve(field, state0, t0, t1, **kw)
-    end, nfe, (ys, integrals) = odeint.solve(field, state0, t0, t1, save_at=save_at, **kw)
-    chex.assert_shape([ys, integrals], [(4, 3, 2), (4, 3)])
-    chex.assert_trees_all_close(end, end_plain, rtol=1e-13)  # the same steps; XLA may round
-    assert int(nfe) == int(nfe_plain)
-    decay = jnp.exp(-(jnp.asarray(save_at) - t0))
-    np.testing.assert_allclose(ys, decay[:, None, None] * y0, rtol=1e-8)
-    np.testing.assert_allclose(integrals, (1 - decay[:, None]) * y0.sum(-1), rtol=1e-8)
-    np.testing.assert_array_equal(ys[1], end[0])
-    np.testing.assert_array_equal(ys[2], y0)
 
 
 @pytest.mark.parametrize("method", ["pc", "euler_maruyama", "ancestral", "ode"])
