@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,7 +23,7 @@
 # 1. samples a 5 x 5 grid of tight modes with every method at 10 and 20 score evaluations, and
 #    scores the samples by their sliced Wasserstein distance to exact samples, over the noise
 #    floor (the mean distance of independent exact sets);
-# 2. plots the trajectories that `save_at` returns;
+# 2. plots the trajectories that `sampling.trajectory` returns;
 # 3. checks the probability-flow likelihood against the exact log-density.
 #
 # Run it after `pip install -e '.[dev]'`; on a 2-core CPU it takes about a minute.
@@ -96,8 +98,9 @@ assert quality["heun (EDM)", 10] > 2 * quality["heun (EDM)", 20]
 # %% [markdown]
 # ## Trajectories
 #
-# `save_at=(t1, t2, ...)` makes any sampler also return the states at those times:
-# `(samples, nfe, trajectory)` with `trajectory` of shape `[len(save_at), *shape]`. Here the
+# `sampling.trajectory(..., save_at=(t1, t2, ...))` runs any method and also returns the states
+# at those times: `(samples, nfe, trajectory)` with `trajectory` of shape
+# `[len(save_at), *shape]`. Here the
 # deterministic DPM-Solver path and the stochastic Euler–Maruyama path of the same 64 particles.
 
 # %%
@@ -107,7 +110,7 @@ for name, options in {
     "dpm_solver++ 2M (ODE)": dict(method="dpm_solver", n_steps=40),
     "euler_maruyama (SDE)": dict(method="euler_maruyama", n_steps=200),
 }.items():
-    x, nfe, trajectory = sampling.sample(
+    x, nfe, trajectory = sampling.trajectory(
         jax.random.key(2), sde, score_fn, (64, 2), save_at=save_at, **options
     )
     assert trajectory.shape == (len(save_at), 64, 2)

@@ -58,7 +58,7 @@ def _log_likelihood(rng, sde, score_fn, x, *, divergence, rtol, atol, eps, solve
     field = _divergence_field(probability_flow_drift(sde), divergence)
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     args = (odeint.PerExample(probe), score_fn)
-    (z, integral), nfe = odeint.solve(
+    (z, integral), nfe, _ = odeint.solve(
         field, y0, eps, sde.T, args=args, rtol=rtol, atol=atol, solver=solver
     )
     return sde.prior_logp(z) + integral, nfe

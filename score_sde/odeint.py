@@ -91,15 +91,16 @@ def solve(
     ``vector_field`` acts on ONE example (no batch axis); ``y0`` is a pytree whose leaves have a
     leading batch axis. ``args`` is shared by all examples, except its ``PerExample`` nodes:
     example i gets ``PerExample(value[i:i+1])`` (so a score_fn with bound labels can be called
-    on the example as a batch of one). Returns (y1, nfe): y1 with the structure of y0, and nfe,
-    the exact number of batched vector-field evaluations. In lockstep, every iteration of the
-    batch evaluates stages 2..s for all examples, and stage 1 as long as some example has not
-    accepted its first step: nfe = (s - 1) max_i steps_i + max_i first_stage_i.
+    on the example as a batch of one).
 
-    With ``save_at`` (times in [t0, t1], any order) it returns (y1, nfe, trajectory), the
-    trajectory's leaves of shape [len(save_at), B, ...]: the solver's dense interpolant at each
-    time (y1 itself at t1). Saving uses no vector-field evaluations and leaves the steps and nfe
-    unchanged (y1 too, up to rounding: the compiled program differs).
+    Returns (y1, nfe, trajectory). y1 has the structure of y0. nfe is the exact number of
+    batched vector-field evaluations: in lockstep, every iteration of the batch evaluates
+    stages 2..s for all examples, and stage 1 as long as some example has not accepted its
+    first step, so nfe = (s - 1) max_i steps_i + max_i first_stage_i. The trajectory's leaves
+    have shape [len(save_at), B, ...] for ``save_at`` (times in [t0, t1], any order; empty by
+    default): the solver's dense interpolant at each time (y1 itself at t1). Saving uses no
+    vector-field evaluations and leaves the steps and nfe unchanged (y1 too, up to rounding:
+    the compiled program differs).
     """
     check_solver(solver)
     method = SOLVERS[solver]()
@@ -134,7 +135,7 @@ def solve(
     stages = len(method.tableau.c) + 1
     nfe = (stages - 1) * jnp.max(steps) + jnp.max(first_stage)
     if not save_at:
-        return y1, nfe
+        return y1, nfe, jax.tree_util.tree_map(lambda leaf: leaf[None][:0], y1)
     unsort = jnp.argsort(order)
 
     def trajectory(leaf, leaf1):  # leaf: [B, S + 1, ...], the sorted save times then t1

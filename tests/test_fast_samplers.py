@@ -49,10 +49,10 @@ def test_ddim_eta0_is_dpm_solver_1_step_for_step(sde, prediction):
     ts = grids.time_grid(sde, 8, "logsnr")
     save_at = tuple(float(t) for t in ts)
     rng, shape = jax.random.PRNGKey(0), (16, 3)
-    x_ddim, nfe_ddim, traj_ddim = sampling.sample(
+    x_ddim, nfe_ddim, traj_ddim = sampling.trajectory(
         rng, sde, score_fn, shape, method="ddim", n_steps=8, time_grid="logsnr", save_at=save_at
     )
-    x_dpm, nfe_dpm, traj_dpm = sampling.sample(
+    x_dpm, nfe_dpm, traj_dpm = sampling.trajectory(
         rng,
         sde,
         score_fn,
@@ -162,17 +162,19 @@ CONVERGENCE = [
 ]
 
 
-def test_heun_on_a_grid_ending_at_sigma_zero_ends_with_an_euler_step():
-    """A caller's grid may end where sigma = 0 (VP at t = 0): that step has no correction
-    (it would divide by 0), exactly as the sampler's own final step to zero."""
-    sde = sde_lib.VPSDE()
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.VESDE()], ids=["vp", "ve"])
+def test_heun_on_a_grid_ending_at_zero_ends_with_an_euler_step(sde):
+    """A grid ending at t = 0 ends at sigma = 0, the data, even on VE (sigma(0) = sigma_min):
+    that step is Euler's (its correction would divide by 0), one evaluation fewer, and it
+    returns the denoiser's output D at the previous time."""
     score_fn = gaussian().score_fn(sde)
     x = jax.random.normal(jax.random.PRNGKey(4), (8, 3))
-    ts = jnp.linspace(sde.T, 0.0, 9)
-    to_grid_end, nfe, _ = edm.heun_solve(None, sde, score_fn, x, ts)
-    to_zero, nfe_zero, _ = edm.heun_solve(None, sde, score_fn, x, ts[:-1], to_zero=True)
-    assert np.all(np.isfinite(to_grid_end)) and (nfe, nfe_zero) == (16, 15)
-    np.testing.assert_allclose(to_grid_end, to_zero, rtol=1e-12)
+    ts = jnp.append(jnp.linspace(sde.T, 0.05, 8), 0.0)
+    to_zero, nfe_zero, _ = edm.integrate(None, sde, score_fn, x, ts)
+    to_end, nfe, _ = edm.integrate(None, sde, score_fn, x, ts[:-1])
+    assert (int(nfe), int(nfe_zero)) == (14, 15) and np.all(np.isfinite(to_zero))
+    x_hat = to_end / sde.alpha(ts[-2])  # EDM's state x / s(t)
+    np.testing.assert_allclose(to_zero, edm.denoise(sde, score_fn, x_hat, ts[-2]), rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", CONVERGENCE, ids=[c[0] for c in CONVERGENCE])
@@ -186,10 +188,10 @@ def test_convergence_order(case):
     @jax.jit
     def solve(x_T, ts):
         if solver == "dpm":
-            return dpm_solver.dpm_solver_solve(
+            return dpm_solver.integrate(
                 None, sde, score_fn, x_T, ts, lower_order_final=False, **options
             )[0]
-        return edm.heun_solve(None, sde, score_fn, x_T, ts)[0]
+        return edm.integrate(None, sde, score_fn, x_T, ts)[0]
 
     grid = "logsnr" if solver == "dpm" else "edm"
     errors = [float(jnp.max(jnp.abs(solve(x_T, grids.time_grid(sde, n, grid)) - want))) for n in ns]
@@ -206,9 +208,16 @@ def test_adaptive_error_and_cost_follow_the_tolerance():
     for order in (2, 3):
         for tol in (1e-2, 1e-4):
             solve = jax.jit(
-                lambda x, order=order, tol=tol: dpm_solver_adaptive.dpm_solver_adaptive_solve(
-                    None, sde, score_fn, x, sde.T, sde.sampling_eps, order=order, rtol=tol, atol=tol
-                )[:2]
+                lambda x, order=order, tol=tol: dpm_solver_adaptive.integrate(
+                    None,
+                    sde,
+                    score_fn,
+                    x,
+                    dpm_solver_adaptive.grid(sde),
+                    order=order,
+                    rtol=tol,
+                    atol=tol,
+                )[:2]  # fmt: skip
             )
             x, nfe = solve(x_T)
             results[order, tol] = (float(jnp.max(jnp.abs(x - want))), int(nfe))
@@ -307,7 +316,7 @@ def test_trajectory_is_recorded_at_the_requested_times():
     ts = grids.time_grid(sde, 10, "logsnr")
     t_mid = float(0.5 * (ts[3] + ts[4]))
     save_at = (sde.T, float(ts[3]), t_mid, float(ts[4]), sde.sampling_eps, 0.5)
-    x, nfe, traj = sampling.sample(
+    x, nfe, traj = sampling.trajectory(
         rng, sde, score_fn, shape, method="dpm_solver", n_steps=10, save_at=save_at
     )
     chex.assert_shape(traj, (6, 8, 2))
@@ -318,11 +327,11 @@ def test_trajectory_is_recorded_at_the_requested_times():
     x_plain, _ = sampling.sample(rng, sde, score_fn, shape, method="dpm_solver", n_steps=10)
     np.testing.assert_allclose(x_plain, x)  # recording does not change the solve
     # Heun ends at sigma = 0, saved as t = 0; the adaptive solver records accepted steps only.
-    x, _, traj = sampling.sample(
+    x, _, traj = sampling.trajectory(
         rng, sde, score_fn, shape, method="heun", n_steps=5, save_at=(sde.T, 0.0)
     )
     np.testing.assert_allclose(traj[-1], x)
-    x, _, traj = sampling.sample(
+    x, _, traj = sampling.trajectory(
         rng,
         sde,
         score_fn,
@@ -333,7 +342,7 @@ def test_trajectory_is_recorded_at_the_requested_times():
     np.testing.assert_allclose(traj[-1], x)
     np.testing.assert_allclose(traj[1], at_half, atol=0.1)  # the same ODE path at t = 0.5
     with pytest.raises(ValueError, match="outside"):
-        sampling.sample(rng, sde, score_fn, shape, method="ddim", save_at=(0.0,))
+        sampling.trajectory(rng, sde, score_fn, shape, method="ddim", save_at=(0.0,))
 
 
 def test_clear_errors_for_bad_options():

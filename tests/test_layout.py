@@ -15,9 +15,7 @@ KNOWN_LONG = {
     "score_sde.models.classifier.Classifier.__init__",
     "score_sde.models.ncsnpp.NCSNpp.__init__",
     "score_sde.odeint.solve",
-    "score_sde.sampling.dpm_solver_adaptive.dpm_solver_adaptive_solve",
-    "score_sde.sampling.edm.heun_solve",
-    "score_sde.sampling.pc.pc_sampler",
+    "score_sde.sampling.dpm_solver_adaptive.integrate",
 }
 
 

@@ -23,7 +23,8 @@ def test_odeint_solve_saves_a_pytree_in_both_directions(t0, t1):
 
     save_at = (1.0, t1, t0, 1.5)
     kw = dict(rtol=1e-10, atol=1e-10)
-    end_plain, nfe_plain = odeint.solve(field, state0, t0, t1, **kw)
+    end_plain, nfe_plain, none = odeint.solve(field, state0, t0, t1, **kw)
+    chex.assert_shape(none, [(0, 3, 2), (0, 3)])
     end, nfe, (ys, integrals) = odeint.solve(field, state0, t0, t1, save_at=save_at, **kw)
     chex.assert_shape([ys, integrals], [(4, 3, 2), (4, 3)])
     chex.assert_trees_all_close(end, end_plain, rtol=1e-13)  # the same steps; XLA may round
@@ -47,7 +48,7 @@ def test_each_example_gets_its_own_rows_and_its_own_steps():
     y0 = jnp.asarray([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.25]])
     kw = dict(rtol=1e-9, atol=1e-9)
     rows = lambda k: {"k": odeint.PerExample(k)}
-    y1, nfe = odeint.solve(_decay, y0, 0.0, 1.5, args=rows(k), **kw)
+    y1, nfe, _ = odeint.solve(_decay, y0, 0.0, 1.5, args=rows(k), **kw)
     np.testing.assert_allclose(y1, y0 * jnp.exp(-k * 1.5), rtol=1e-6, atol=1e-8)
     alone = [
         odeint.solve(
@@ -55,9 +56,9 @@ def test_each_example_gets_its_own_rows_and_its_own_steps():
         )
         for i in range(3)
     ]
-    for i, (row, _) in enumerate(alone):
+    for i, (row, _, _) in enumerate(alone):
         chex.assert_trees_all_close(row[0], y1[i], rtol=1e-12, atol=1e-15)  # rounding only
-    nfes = [int(n) for _, n in alone]
+    nfes = [int(n) for _, n, _ in alone]
     assert int(nfe) == max(nfes) and nfes[1] > nfes[0]  # the stiff example sets the pace
 
 

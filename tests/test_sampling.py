@@ -237,6 +237,52 @@ def test_the_compiled_program_does_not_grow_with_n_steps(method):
     assert re.sub(r"\d+", "#", short) == re.sub(r"\d+", "#", long)
 
 
+# --- one solver shape ---------------------------------------------------------------------------
+ONE_OF_EACH = {  # method -> options that make each loop take its non-default path
+    "euler_maruyama": dict(n_steps=6, denoise=False),
+    "pc": dict(n_steps=6, corrector="ald"),
+    "ancestral": dict(n_steps=6),
+    "ode": dict(rtol=1e-4, atol=1e-4),
+    "ddim": dict(n_steps=5, eta=0.5),
+    "dpm_solver": dict(n_steps=5, order=3, stepping="singlestep"),
+    "dpm_solver_adaptive": dict(order=2),
+    "heun": dict(n_steps=4, S_churn=2.0),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ONE_OF_EACH))
+def test_sample_is_the_solver_from_the_prior_on_the_method_grid(method):
+    """sample = solve(second key, prior from the first key, the method's grid), for every
+    method: the front door adds nothing but the prior and the grid."""
+    sde, rng, shape = SDES["vp"], jax.random.PRNGKey(3), (5, 2)
+    options = ONE_OF_EACH[method]
+    m = sampling.METHODS[method]
+    grid = m.grid(sde, **{k: v for k, v in options.items() if k in m.grid_options})
+    solver_options = {k: v for k, v in options.items() if k in m.options}
+    prior_key, solve_key = jax.random.split(rng)
+    x_T = sde.prior_sampling(prior_key, shape)
+    want, want_nfe = sampling.solve(
+        solve_key, sde, score_fn(sde), x_T, grid, method=method, **solver_options
+    )
+    got, nfe = sampling.sample(rng, sde, score_fn(sde), shape, method=method, **options)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert int(nfe) == int(want_nfe) > 0
+
+
+def test_each_method_lists_exactly_the_options_of_its_loop_and_grid():
+    """The explicit option lists of ``METHODS`` agree with the functions' keyword arguments."""
+    import inspect
+
+    def keywords(fn):
+        params = inspect.signature(fn).parameters.values()
+        return {p.name for p in params if p.kind is p.KEYWORD_ONLY} - {"save_at"}
+
+    for name, m in sampling.METHODS.items():
+        assert set(m.options) == keywords(m.integrate), name
+        assert set(m.grid_options) == keywords(m.grid), name
+    assert sampling.method_options("ddim") == ("n_steps", "time_grid", "eps", "discrete", "eta")
+
+
 # --- seeds ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", [PC, EM, ANCESTRAL, ODE], ids=lambda c: c[0])
 def test_samples_depend_only_on_the_key_and_their_index(config):

@@ -1,4 +1,5 @@
-"""Trajectory recording (``save_at``) of the predictor–corrector family and the ODE sampler.
+"""Trajectory recording (``sampling.trajectory``) of the predictor–corrector family and the ODE
+sampler.
 
 The target is a Gaussian N(MEAN, diag(VAR)) with its exact score (score_sde.analytic): its
 marginals p_t are N(alpha_t MEAN, alpha_t² VAR + sigma_t²) and its probability-flow ODE has the
@@ -25,7 +26,7 @@ SCORE_FN = analytic.GaussianMixture(
     jnp.ones(1), jnp.asarray(MEAN)[None], jnp.diag(VAR)[None]
 ).score_fn(SDE)
 EPS = SDE.sampling_eps
-# (predictor, corrector) of each sampler, as pc_sampler runs them (snr 0.16, one corrector move).
+# (predictor, corrector) of each method, as pc.integrate runs them (snr 0.16, one corrector move).
 MOVES = {
     "pc": ("reverse_diffusion", "langevin"),
     "euler_maruyama": ("euler_maruyama", "none"),
@@ -38,7 +39,8 @@ pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 @functools.partial(jax.jit, static_argnums=0)
 def pc_step(method, sde, rng, k, x, ts):
-    """Step k of ``method`` from x at ts[k] to ts[k + 1], with pc_sampler's keys (rng, k, move)."""
+    """Step k of ``method`` from x at ts[k] to ts[k + 1], with pc.integrate's keys (rng, k,
+    move)."""
     predictor, corrector = MOVES[method]
     key = jax.random.fold_in(jax.random.split(rng)[1], k)
     t, t_next = (jnp.full(x.shape[:1], s) for s in (ts[k], ts[k + 1]))
@@ -67,7 +69,7 @@ def test_pc_family_records_its_grid_states(method):
     t_mid = float((1 - w) * ts[2] + w * ts[3])
     save_at = tuple(float(t) for t in ts) + (t_mid,)
     x_plain, nfe_plain = sampling.sample(rng, SDE, SCORE_FN, shape, method, n_steps=n_steps)
-    x, nfe, traj = sampling.sample(
+    x, nfe, traj = sampling.trajectory(
         rng, SDE, SCORE_FN, shape, method, n_steps=n_steps, save_at=save_at
     )
     chex.assert_shape(traj, (n_steps + 1,) + shape)
@@ -81,7 +83,7 @@ def test_pc_family_records_its_grid_states(method):
     np.testing.assert_allclose(traj[-1], (1 - w) * traj[2] + w * traj[3], rtol=1e-12)
     np.testing.assert_allclose(tweedie(traj[n_steps - 1], EPS), x, rtol=1e-12)
     # Without denoising, the same path and its last state is the sample.
-    x_raw, _, traj_raw = sampling.sample(
+    x_raw, _, traj_raw = sampling.trajectory(
         rng, SDE, SCORE_FN, shape, method, n_steps=n_steps, denoise=False, save_at=save_at
     )
     np.testing.assert_array_equal(traj_raw, traj)
@@ -97,7 +99,7 @@ def test_saved_states_have_the_marginal_of_p_t(method, options):
     have the mean and std of p_t within 4 standard errors."""
     n_steps, n = 101, 4000
     t = float(jnp.linspace(SDE.T, EPS, n_steps)[50])
-    _, _, traj = sampling.sample(
+    _, _, traj = sampling.trajectory(
         jax.random.PRNGKey(7),
         SDE,
         SCORE_FN,
@@ -121,17 +123,17 @@ def test_ode_trajectory_follows_the_exact_probability_flow():
     save_at = (0.5, SDE.T, EPS, 0.1)  # any order
     opts = dict(rtol=1e-9, atol=1e-9, denoise=False)
     x_plain, nfe_plain = sampling.sample(rng, SDE, SCORE_FN, shape, "ode", **opts)
-    x, nfe, traj = sampling.sample(rng, SDE, SCORE_FN, shape, "ode", save_at=save_at, **opts)
+    x, nfe, traj = sampling.trajectory(rng, SDE, SCORE_FN, shape, "ode", save_at=save_at, **opts)
     chex.assert_shape(traj, (4,) + shape)
     np.testing.assert_allclose(x, x_plain, rtol=1e-13)  # the same steps, up to XLA's rounding
     assert int(nfe) == int(nfe_plain)
-    x_T = SDE.prior_sampling(rng, shape)
+    x_T = SDE.prior_sampling(jax.random.split(rng)[0], shape)
     np.testing.assert_array_equal(traj[1], x_T)
     np.testing.assert_array_equal(traj[2], x)  # the pre-denoise state at eps, exactly
     for j, t in enumerate(save_at):
         np.testing.assert_allclose(traj[j], exact_flow(x_T, t), rtol=0, atol=1e-7)
     # With denoising, the trajectory is unchanged and the sample is its Tweedie denoising.
-    x_den, nfe_den, traj_den = sampling.sample(
+    x_den, nfe_den, traj_den = sampling.trajectory(
         rng, SDE, SCORE_FN, shape, "ode", save_at=save_at, **{**opts, "denoise": True}
     )
     assert int(nfe_den) == int(nfe) + 1
@@ -142,11 +144,10 @@ def test_ode_trajectory_follows_the_exact_probability_flow():
 @pytest.mark.parametrize("method", ["pc", "euler_maruyama", "ancestral", "ode"])
 def test_invalid_save_at_raises(method):
     shape, rng = (2, 2), jax.random.PRNGKey(0)
-    fn = sampling.METHODS[method]
-    with pytest.raises(TypeError, match="tuple"):
-        fn(rng, SDE, SCORE_FN, shape, save_at=[0.5])
-    with pytest.raises(TypeError, match=r"save_at=\[0.5\] must be hashable.*a tuple"):
-        sampling.sample(rng, SDE, SCORE_FN, shape, method, save_at=[0.5])
+    with pytest.raises(TypeError, match=r"save_at=\[0.5\].*a tuple"):
+        sampling.trajectory(rng, SDE, SCORE_FN, shape, method, save_at=[0.5])
+    with pytest.raises(TypeError, match=r"save_at.*sampling.trajectory"):
+        sampling.sample(rng, SDE, SCORE_FN, shape, method, save_at=(0.5,))
     for t in (0.0, EPS / 2, SDE.T + 0.1):
         with pytest.raises(ValueError, match=r"outside this sampler's span \[0.001, 1.0\]"):
-            sampling.sample(rng, SDE, SCORE_FN, shape, method, save_at=(0.5, t))
+            sampling.trajectory(rng, SDE, SCORE_FN, shape, method, save_at=(0.5, t))

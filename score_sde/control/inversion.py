@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import jax
 
-from score_sde.control import solvers
+from score_sde.control.sdedit import solve_between
 from score_sde.sde import SDE
 
 
@@ -21,17 +21,10 @@ def _ode_solve(sde, score_fn, x, forward, *, solver, n_steps, eps, **options):
     _check_deterministic(options)
     eps = sde.sampling_eps if eps is None else eps
     t_start, t_end = (eps, sde.T) if forward else (sde.T, eps)
-    return solvers.solve(
-        jax.random.PRNGKey(0),
-        sde,
-        score_fn,
-        x,
-        t_start=t_start,
-        t_end=t_end,
-        solver=solver,
-        n_steps=n_steps,
+    return solve_between(
+        jax.random.PRNGKey(0), sde, score_fn, x, t_start, t_end, solver=solver, n_steps=n_steps,
         **options,
-    )
+    )  # fmt: skip
 
 
 def encode(

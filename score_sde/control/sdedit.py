@@ -5,8 +5,25 @@ from __future__ import annotations
 import jax
 
 from score_sde import rng as rng_lib
-from score_sde.control import solvers
+from score_sde import sampling
+from score_sde.sampling import grids
 from score_sde.sde import SDE, batch_mul
+
+# The solvers SDEdit and inversion run, each on the spacing of its own sampler by default.
+SOLVER_GRIDS = {"ddim": "uniform", "dpm_solver": "logsnr", "heun": "edm"}
+
+
+def solve_between(
+    rng, sde: SDE, score_fn, x, t_start: float, t_end: float, *, solver: str, n_steps: int,
+    time_grid: str | None = None, **options,
+):  # fmt: skip
+    """``solver`` from x at ``t_start`` to ``t_end`` (either direction) in ``n_steps`` steps on
+    ``time_grid`` (default: the solver's own); returns (x, nfe)."""
+    if solver not in SOLVER_GRIDS:
+        raise ValueError(f"solver={solver!r} is unknown; use one of {sorted(SOLVER_GRIDS)}.")
+    kind = time_grid or SOLVER_GRIDS[solver]
+    ts = grids.time_grid(sde, n_steps, kind, t_start=t_start, t_end=t_end)
+    return sampling.solve(rng, sde, score_fn, x, ts, method=solver, **options)
 
 
 def sdedit(
@@ -33,14 +50,6 @@ def sdedit(
     mean, std = sde.marginal_prob(data, t)
     x = mean + batch_mul(std, rng_lib.normal(noise_rng, data.shape, data.dtype))
     eps = sde.sampling_eps if eps is None else eps
-    return solvers.solve(
-        solve_rng,
-        sde,
-        score_fn,
-        x,
-        t_start=t0,
-        t_end=eps,
-        solver=solver,
-        n_steps=n_steps,
-        **options,
+    return solve_between(
+        solve_rng, sde, score_fn, x, t0, eps, solver=solver, n_steps=n_steps, **options
     )

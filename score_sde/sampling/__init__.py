@@ -1,60 +1,95 @@
 """One entry point for every sampler:
 ``sample(rng, sde, score_fn, shape, method=..., **options) -> (samples, nfe)``.
 
-Each method is a pure function of (rng, sde, score_fn, shape, **options), run as one jitted call.
+Every method is a solver of one shape, ``solve(rng, sde, score_fn, x, ts, method=...,
+**options) -> (x, nfe)``, run from x at ts[0] along the time grid ts (the adaptive ones from
+ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, then solves.
+``trajectory`` also returns the states at chosen times. Each method is one ``Method`` of
+``METHODS``: its loop (``integrate``), its grid, and the options each of them takes.
+
 ``score_fn`` may be a ``jax.tree_util.Partial`` over model parameters: new parameters then reuse
 the compiled sampler. Any other callable is treated as static (a new one recompiles).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import inspect
+from collections.abc import Callable
 
 import jax
+import numpy as np
 from jax.tree_util import Partial
 
-from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, ode, pc
+from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc
 
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """``integrate(rng, sde, score_fn, x, ts, *, <options>, save_at=()) -> (x, nfe,
+    trajectory)`` and ``grid(sde, *, <grid_options>) -> ts``, the grid from T that ``sample``
+    uses. An option named in both lists goes to both."""
+
+    integrate: Callable
+    grid: Callable
+    grid_options: tuple[str, ...]
+    options: tuple[str, ...]
+
+
+_PC_GRID = ("n_steps", "eps")
 METHODS = {
-    "euler_maruyama": pc.euler_maruyama_sampler,
-    "pc": pc.pc_sampler,
-    "ancestral": pc.ancestral_sampler,
-    "ode": ode.ode_sampler,
-    "ddim": ddim.ddim_sampler,
-    "dpm_solver": dpm_solver.dpm_solver_sampler,
-    "dpm_solver_adaptive": dpm_solver_adaptive.dpm_solver_adaptive_sampler,
-    "heun": edm.heun_sampler,
+    "euler_maruyama": Method(pc.euler_maruyama, pc.grid, _PC_GRID, ("denoise",)),
+    "pc": Method(
+        pc.integrate,
+        pc.grid,
+        _PC_GRID,
+        ("predictor", "corrector", "snr", "n_corrector_steps", "denoise", "probability_flow"),
+    ),
+    "ancestral": Method(pc.ancestral, pc.grid, _PC_GRID, ("denoise",)),
+    "ode": Method(ode.integrate, ode.grid, ("eps",), ("rtol", "atol", "denoise", "solver")),
+    "ddim": Method(
+        ddim.integrate, ddim.grid, ("n_steps", "time_grid", "eps", "discrete"), ("eta", "discrete")
+    ),
+    "dpm_solver": Method(
+        dpm_solver.integrate,
+        dpm_solver.grid,
+        ("n_steps", "time_grid", "eps"),
+        ("order", "stepping", "prediction", "lower_order_final"),
+    ),
+    "dpm_solver_adaptive": Method(
+        dpm_solver_adaptive.integrate,
+        dpm_solver_adaptive.grid,
+        ("eps",),
+        ("order", "rtol", "atol", "h_init", "theta", "prediction", "max_steps"),
+    ),
+    "heun": Method(
+        edm.integrate,
+        edm.grid,
+        ("n_steps", "rho", "time_grid", "eps"),
+        ("S_churn", "S_tmin", "S_tmax", "S_noise"),
+    ),
 }
 
 
-def method_options(method: str) -> tuple[str, ...]:
-    """The options (keyword-only arguments) that ``method`` accepts."""
+def _method(method: str) -> Method:
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; valid methods: {sorted(METHODS)}.")
-    params = inspect.signature(METHODS[method]).parameters.values()
-    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+    return METHODS[method]
 
 
-def _check_options(method: str, options: dict) -> None:
-    valid = list(method_options(method))
+def method_options(method: str) -> tuple[str, ...]:
+    """The options ``sample`` accepts for ``method``: its grid's, then its solver's."""
+    m = _method(method)
+    return tuple(dict.fromkeys(m.grid_options + m.options))
+
+
+def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
+    """``options`` as a sorted tuple (static under jit), after checking names and hashability."""
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(f"method={method!r} has no option(s) {unknown}; its options: {valid}.")
-
-
-@functools.partial(jax.jit, static_argnames=("method", "shape", "options"))
-def _run(rng, sde, score_fn, *, method, shape, options):
-    return METHODS[method](rng, sde, score_fn, shape, **dict(options))
-
-
-def sample(rng, sde, score_fn, shape, method: str = "pc", **options):
-    """Draw ``shape[0]`` samples with ``method``; returns (samples, nfe), or (samples, nfe,
-    trajectory) when ``save_at=(t1, t2, ...)`` asks for the states at those times.
-
-    Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
-    """
-    _check_options(method, options)
+        raise TypeError(
+            f"method={method!r} has no option(s) {unknown}; its options: {list(valid)}."
+        )
     for name, value in options.items():
         try:
             hash(value)
@@ -63,7 +98,71 @@ def sample(rng, sde, score_fn, shape, method: str = "pc", **options):
                 f"option {name}={value!r} must be hashable (options are static under jit): "
                 "pass a tuple instead of a list or array."
             ) from None
-    if not isinstance(score_fn, Partial):
-        score_fn = Partial(score_fn)
-    options = tuple(sorted(options.items()))
-    return _run(rng, sde, score_fn, method=method, shape=tuple(shape), options=options)
+    return tuple(sorted(options.items()))
+
+
+def _split(method: str, options: dict) -> tuple[tuple, tuple]:
+    """(grid options, solver options) of ``sample``'s options, each static."""
+    m = _method(method)
+    _static(method, options, method_options(method))
+    grid = {k: v for k, v in options.items() if k in m.grid_options}
+    solver = {k: v for k, v in options.items() if k in m.options}
+    return tuple(sorted(grid.items())), tuple(sorted(solver.items()))
+
+
+def _partial(score_fn) -> Partial:
+    return score_fn if isinstance(score_fn, Partial) else Partial(score_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "options"))
+def _solve(rng, sde, score_fn, x, ts, *, method, options):
+    x, nfe, _ = METHODS[method].integrate(rng, sde, score_fn, x, ts, **dict(options))
+    return x, nfe
+
+
+def solve(rng, sde, score_fn, x, ts, method: str = "dpm_solver", **options):
+    """Run ``method``'s solver from x at ts[0] along the grid ``ts`` (either direction; the
+    adaptive methods from ts[0] to ts[-1]); returns (x, nfe). Options are the solver's own
+    (``METHODS[method].options``); the grid is the caller's."""
+    options = _static(method, options, _method(method).options)
+    return _solve(rng, sde, _partial(score_fn), x, ts, method=method, options=options)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "shape", "grid", "options", "save_at"))
+def _run(rng, sde, score_fn, *, method, shape, grid, options, save_at):
+    m = METHODS[method]
+    ts = m.grid(sde, **dict(grid))
+    prior_key, solve_key = jax.random.split(rng)
+    x = sde.prior_sampling(prior_key, shape)
+    return m.integrate(solve_key, sde, score_fn, x, ts, save_at=save_at, **dict(options))
+
+
+def sample(rng, sde, score_fn, shape, method: str = "pc", **options):
+    """Draw ``shape[0]`` samples with ``method``; returns (samples, nfe).
+
+    Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
+    """
+    if "save_at" in options:
+        raise TypeError("save_at: call sampling.trajectory for the states at those times.")
+    grid, options = _split(method, options)
+    x, nfe, _ = _run(
+        rng, sde, _partial(score_fn), method=method, shape=tuple(shape), grid=grid,
+        options=options, save_at=(),
+    )  # fmt: skip
+    return x, nfe
+
+
+def trajectory(rng, sde, score_fn, shape, method: str = "pc", *, save_at: tuple, **options):
+    """``sample`` that also records the states at the times ``save_at`` (a tuple, any order,
+    inside the method's grid; the data, where a grid ends at it, is t = 0); returns (samples,
+    nfe, trajectory) with trajectory [len(save_at), *shape]. Recording changes neither the
+    samples' steps nor nfe."""
+    grid, options = _split(method, options)
+    ts = np.asarray(METHODS[method].grid(sde, **dict(grid)))
+    t_a, t_b = float(ts[0]), max(float(ts[-1]), 0.0)
+    slack = 4 * np.finfo(ts.dtype).eps * max(abs(t_a), abs(t_b))
+    grids.check_save_at(save_at, round(t_a, 12), round(t_b, 12), slack)
+    return _run(
+        rng, sde, _partial(score_fn), method=method, shape=tuple(shape), grid=grid,
+        options=options, save_at=tuple(float(t) for t in save_at),
+    )  # fmt: skip

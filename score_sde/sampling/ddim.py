@@ -65,67 +65,39 @@ def ddim_step(coeffs, score_fn, x, t, s, eta, z):
     return x_s if z is None else x_s + jnp.sqrt(var_eta) * z
 
 
-def ddim_solve(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=()):
-    """DDIM from x at ts[0] along the grid ts; returns (x, nfe, trajectory or None).
+def grid(sde: SDE, *, n_steps: int = 50, time_grid: str = "uniform", eps=None, discrete=False):
+    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps); with
+    ``discrete``, DDPM chain indices evenly spaced from N-1 to 0, then the data (t < 0)."""
+    if not discrete:
+        return grids.time_grid(sde, n_steps, time_grid, t_end=eps)
+    if time_grid != "uniform" or eps is not None:
+        raise ValueError(
+            "discrete=True spaces chain indices evenly and ends at the data; "
+            "leave time_grid='uniform' and eps=None."
+        )
+    return _chain(sde).times(n_steps)
+
+
+def integrate(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=()):
+    """DDIM (Eq. 12) from x at ts[0] along the grid ts, on the DDPM chain with ``discrete``;
+    returns (x, nfe = len(ts) - 1, trajectory). The chain's data (t < 0) is saved as t = 0.
 
     Step i draws its noise as ``rng.normal(fold_in(rng, i), x.shape)`` (per example).
     """
+    if eta < 0:
+        raise ValueError(f"eta={eta}: need eta >= 0 (0 deterministic, 1 DDPM-like).")
     coeffs = _chain(sde) if discrete else sde
-    traj = grids.trajectory_init(save_at, x)
 
-    def step(carry, i):
-        x, traj = carry
+    def step(x, i):
         t, s = ts[i], ts[i + 1]
         z = None if eta == 0 else rng_lib.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
         x_s = ddim_step(coeffs, score_fn, x, t, s, eta, z)
-        # The chain's data sits at t < 0; it is saved as t = 0.
-        traj = grids.record(traj, save_at, jnp.maximum(t, 0), jnp.maximum(s, 0), x, x_s)
-        return (x_s, traj), None
+        return x_s, (jnp.maximum(t, 0), jnp.maximum(s, 0), x, x_s)
 
     n = ts.shape[0] - 1
-    (x, traj), _ = jax.lax.scan(step, (x, traj), jnp.arange(n), unroll=grids.UNROLL)
-    return x, n, traj
-
-
-def ddim_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    n_steps: int = 50,
-    eta: float = 0.0,
-    time_grid: str = "uniform",
-    discrete: bool = False,
-    eps: float | None = None,
-    save_at: tuple = (),
-):
-    """DDIM (Song et al. 2021, Eq. 12) from the prior; nfe = n_steps.
-
-    Continuous: ``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps).
-    ``discrete=True``: DDPM chain indices evenly spaced from N-1 to 0, then one step to the data
-    (``time_grid``/``eps`` do not apply); the data is saved as t = 0.
-    """
-    if eta < 0:
-        raise ValueError(f"eta={eta}: need eta >= 0 (0 deterministic, 1 DDPM-like).")
-    prior_rng, rng = jax.random.split(rng)
-    x = sde.prior_sampling(prior_rng, shape)
-    if discrete:
-        if time_grid != "uniform" or eps is not None:
-            raise ValueError(
-                "discrete=True spaces chain indices evenly and ends at the data; "
-                "leave time_grid='uniform' and eps=None."
-            )
-        ts = _chain(sde).times(n_steps)
-        grids.check_save_at(save_at, sde.T, 0.0)
-    else:
-        eps = sde.sampling_eps if eps is None else eps
-        ts = grids.time_grid(sde, n_steps, time_grid, t_end=eps)
-        grids.check_save_at(save_at, sde.T, eps)
-    x, nfe, traj = ddim_solve(
-        rng, sde, score_fn, x, ts, eta=eta, discrete=discrete, save_at=save_at
-    )
-    return grids.outputs(x, nfe, traj)
+    traj = grids.trajectory_init(save_at, x)
+    x_end, traj = grids.scan(step, x, jnp.arange(n), save_at, traj)
+    return x_end, n, traj
 
 
 def _chain(sde: SDE) -> DDPMChain:

@@ -130,7 +130,12 @@ def order_runs(orders: np.ndarray) -> list[tuple[int, int, int]]:
     return [(a, b, int(orders[a])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def dpm_solver_solve(
+def grid(sde: SDE, *, n_steps: int = 20, time_grid: str = "logsnr", eps=None) -> Array:
+    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps)."""
+    return grids.time_grid(sde, n_steps, time_grid, t_end=eps)
+
+
+def integrate(
     rng,
     sde,
     score_fn,
@@ -143,11 +148,12 @@ def dpm_solver_solve(
     lower_order_final=True,
     save_at=(),
 ):
-    """DPM-Solver(++) from x at ts[0] along the grid ts; returns (x, nfe, trajectory or None).
+    """DPM-Solver(++) from x at ts[0] along the grid ts; returns (x, nfe, trajectory).
 
-    nfe = len(ts) - 1 for multistep, the sum of the step orders for singlestep. Each run of
-    steps of one order is one ``lax.scan`` (no per-step branch), with the model history of
-    multistep in the loop carry.
+    Defaults give DPM-Solver++(2M); ``prediction="noise"`` is the original DPM-Solver,
+    ``stepping="singlestep"`` spends ``order`` evaluations per step. nfe = len(ts) - 1 for
+    multistep, the sum of the step orders for singlestep. Each run of steps of one order is
+    one ``lax.scan`` (no per-step branch), with the model history of multistep in the carry.
     """
     del rng  # deterministic
     check_options(order, stepping, prediction)
@@ -165,21 +171,19 @@ def dpm_solver_solve(
     ]
     for first, end, k in order_runs(orders):  # one scan per run of steps of one order
 
-        def step(carry, i, k=k):
-            x, traj = carry
+        def step(x, i, k=k):
             s, t = ts[i], ts[i + 1]  # scalars: the step's coefficients are computed once
             x_t = updates[k - 1](x, s, t, model(x, s))
-            return (x_t, grids.record(traj, save_at, s, t, x, x_t)), None
+            return x_t, (s, t, x, x_t)
 
-        steps = jnp.arange(first, end)
-        (x, traj), _ = jax.lax.scan(step, (x, traj), steps, unroll=grids.UNROLL)
+        x, traj = grids.scan(step, x, jnp.arange(first, end), save_at, traj)
     return x, int(orders.sum()), traj
 
 
 def _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj):
     """Multistep steps with each step's (A, c, w) computed for the whole grid up front (the
     loop body is the model call and one fused update); warm-up and final steps of lower
-    order get zero weights for the outputs they do not use."""
+    order get zero weights for the outputs they do not use. Returns (x, trajectory)."""
     n = len(orders)
     lams = sde.half_log_snr(ts)
     window = [lams[np.maximum(np.arange(n) - j, 0)] for j in range(order)]  # lam of m_j
@@ -191,58 +195,18 @@ def _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj):
         w = [jnp.where(use, w_kj, wj) for wj, w_kj in zip(w, (*w_k, *w[k:]), strict=True)]
 
     def step(carry, inputs):
-        x, history, traj = carry
+        x, history = carry
         s, t, a_i, c_i, w_i = inputs
         ms = (model(x, s), *history)
         x_t = _combine(a_i, x, c_i, list(zip(w_i, ms, strict=True)))
-        return (x_t, ms[: order - 1], grids.record(traj, save_at, s, t, x, x_t)), None
+        return (x_t, ms[: order - 1]), (s, t, x, x_t)
 
     history = tuple(jnp.zeros_like(x) for _ in range(order - 1))  # newest first
     inputs = (ts[:-1], ts[1:], a, c, tuple(w))
-    carry = (x, history, traj)
-    (x, _, traj), _ = jax.lax.scan(step, carry, inputs, unroll=grids.MULTISTEP_UNROLL)
-    return x, traj
-
-
-def dpm_solver_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    n_steps: int = 20,
-    order: int = 2,
-    stepping: str = "multistep",
-    prediction: str = "data",
-    lower_order_final: bool = True,
-    time_grid: str = "logsnr",
-    eps: float | None = None,
-    save_at: tuple = (),
-):
-    """DPM-Solver(++) from the prior: ``n_steps`` steps on ``time_grid`` from T to ``eps``.
-
-    Defaults give DPM-Solver++(2M). ``prediction="noise"`` is the original DPM-Solver;
-    ``stepping="singlestep"`` spends ``order`` evaluations per step (nfe = sum of step orders).
-    """
-    check_options(order, stepping, prediction)
-    eps = sde.sampling_eps if eps is None else eps
-    grids.check_save_at(save_at, sde.T, eps)
-    prior_rng, rng = jax.random.split(rng)  # the same prior draw as every sampler here
-    x = sde.prior_sampling(prior_rng, shape)
-    ts = grids.time_grid(sde, n_steps, time_grid, t_end=eps)
-    x, nfe, traj = dpm_solver_solve(
-        rng,
-        sde,
-        score_fn,
-        x,
-        ts,
-        order=order,
-        stepping=stepping,
-        prediction=prediction,
-        lower_order_final=lower_order_final,
-        save_at=save_at,
+    (x_end, _), traj = grids.scan(
+        step, (x, history), inputs, save_at, traj, unroll=grids.MULTISTEP_UNROLL
     )
-    return grids.outputs(x, nfe, traj)
+    return x_end, traj
 
 
 def check_options(order, stepping, prediction):

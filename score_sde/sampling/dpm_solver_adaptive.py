@@ -31,13 +31,17 @@ def _where(mask, a, b):
     return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
 
 
-def dpm_solver_adaptive_solve(
+def grid(sde: SDE, *, eps=None) -> Array:
+    """The two ends (T, eps) of the adaptive solve; eps defaults to sampling_eps."""
+    return jnp.asarray([sde.T, sde.sampling_eps if eps is None else eps])
+
+
+def integrate(
     rng,
     sde,
     score_fn,
     x,
-    t_start,
-    t_end,
+    ts,
     *,
     order=3,
     rtol=0.05,
@@ -48,11 +52,12 @@ def dpm_solver_adaptive_solve(
     max_steps=1000,
     save_at=(),
 ):
-    """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) from x at t_start to t_end.
+    """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) from x at ts[0] to ts[-1].
 
-    Returns (x, nfe, trajectory or None). nfe counts batched score evaluations: ``order`` per
-    attempt, until every example has reached t_end. Examples that have not reached it after
-    ``max_steps`` attempts are returned as NaN.
+    Defaults are the paper's (atol = 0.0078 suits data in [-1, 1]); ``prediction="data"`` runs
+    the DPM-Solver++ forms, ``"noise"`` the original ones. Returns (x, nfe, trajectory). nfe
+    counts batched score evaluations: ``order`` per attempt, until every example has reached
+    ts[-1]. Examples that have not reached it after ``max_steps`` attempts are returned as NaN.
     """
     del rng  # deterministic
     if order not in (2, 3):
@@ -62,8 +67,9 @@ def dpm_solver_adaptive_solve(
     dpm.check_options(order, "singlestep", prediction)
     model = functools.partial(dpm.predict, sde, score_fn, prediction)
     batch, dtype = x.shape[0], x.dtype
-    lam_end = sde.half_log_snr(jnp.asarray(t_end, dtype))
-    sign = jnp.sign(lam_end - sde.half_log_snr(jnp.asarray(t_start, dtype)))
+    t_start, t_end = ts[0].astype(dtype), ts[-1].astype(dtype)
+    lam_end = sde.half_log_snr(t_end)
+    sign = jnp.sign(lam_end - sde.half_log_snr(t_start))
 
     def attempt(x, s, t):
         m_s = model(x, s)
@@ -111,47 +117,3 @@ def dpm_solver_adaptive_solve(
     )
     x, _, _, _, _, done, it, traj = jax.lax.while_loop(cond, body, init)
     return _where(done, x, jnp.full_like(x, jnp.nan)), order * it, traj
-
-
-def dpm_solver_adaptive_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    order: int = 3,
-    rtol: float = 0.05,
-    atol: float = 0.0078,
-    h_init: float = 0.05,
-    theta: float = 0.9,
-    prediction: str = "data",
-    max_steps: int = 1000,
-    eps: float | None = None,
-    save_at: tuple = (),
-):
-    """Adaptive DPM-Solver-12/23 from the prior at T to ``eps`` (default sampling_eps).
-
-    Defaults are the paper's (atol = 0.0078 suits data in [-1, 1]). ``prediction="data"`` runs
-    the DPM-Solver++ forms, ``"noise"`` the original ones.
-    """
-    eps = sde.sampling_eps if eps is None else eps
-    grids.check_save_at(save_at, sde.T, eps)
-    prior_rng, rng = jax.random.split(rng)  # the same prior draw as every sampler here
-    x = sde.prior_sampling(prior_rng, shape)
-    x, nfe, traj = dpm_solver_adaptive_solve(
-        rng,
-        sde,
-        score_fn,
-        x,
-        sde.T,
-        eps,
-        order=order,
-        rtol=rtol,
-        atol=atol,
-        h_init=h_init,
-        theta=theta,
-        prediction=prediction,
-        max_steps=max_steps,
-        save_at=save_at,
-    )
-    return grids.outputs(x, nfe, traj)

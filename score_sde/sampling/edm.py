@@ -10,6 +10,7 @@ choice sigma(t) = t, s(t) = 1, symbol for symbol, on the rho-grid of Eq. 5.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -30,7 +31,17 @@ def denoise(sde: SDE, score_fn, x_hat: Array, t: Array) -> Array:
     return param.from_score(sde, score, x, t, "x0")
 
 
-def heun_solve(
+def grid(
+    sde: SDE, *, n_steps: int = 18, rho: float = 7.0, time_grid: str = "edm", eps=None
+) -> Array:
+    """``n_steps`` times on ``time_grid`` (EDM's rho-grid, Eq. 5) from T to ``eps`` (default
+    sampling_eps), then t_N = 0: the data."""
+    if not (isinstance(n_steps, int) and n_steps >= 2):
+        raise ValueError(f"n_steps={n_steps!r}: EDM's Heun sampler needs n_steps >= 2.")
+    return jnp.append(grids.time_grid(sde, n_steps - 1, time_grid, t_end=eps, rho=rho), 0.0)
+
+
+def integrate(
     rng,
     sde,
     score_fn,
@@ -41,30 +52,24 @@ def heun_solve(
     S_tmin=0.0,
     S_tmax=math.inf,
     S_noise=1.0,
-    to_zero=False,
     save_at=(),
 ):
-    """Algorithm 2 from x at ts[0] through sigma_i = sigma(ts[i]), then to sigma = 0 when
-    ``to_zero`` (that last step is Euler: it returns D, the data, saved as t = 0).
+    """EDM Algorithm 2 from x at ts[0] through sigma_i = sigma(t_i); a last time t = 0 is
+    sigma = 0, the data, reached by an Euler step. S_churn = 0 is the deterministic Heun
+    solver of the probability-flow ODE.
 
-    Returns (x, nfe, trajectory or None); nfe = 2 (steps) - 1 with ``to_zero``, else 2 (steps).
+    Returns (x, nfe, trajectory); nfe = 2 (steps), less 1 when the grid ends at t = 0.
     Step i draws its churn noise as ``rng.normal(fold_in(rng, i), x.shape)``.
     """
-    sigmas = grids.sigma_tilde(sde, ts)
-    alphas = sde.alpha(ts)
-    rec_t = ts
-    if to_zero:
-        sigmas, alphas = jnp.append(sigmas, 0.0), jnp.append(alphas, 1.0)
-        ts, rec_t = jnp.append(ts, ts[-1]), jnp.append(ts, 0.0)  # ts[-1]: never evaluated
-    n = sigmas.shape[0] - 1
+    if S_churn < 0 or S_noise < 0:
+        raise ValueError(f"S_churn={S_churn}, S_noise={S_noise}: both must be >= 0.")
+    sigmas = jnp.where(ts > 0, grids.sigma_tilde(sde, ts), 0.0)
+    n = ts.shape[0] - 1
     gamma_max = min(S_churn / n, math.sqrt(2) - 1)
-    traj = grids.trajectory_init(save_at, x)
 
-    def step(carry, i, final=False):
-        x_cur, traj = carry
-        t_cur, t_next = ts[i], ts[i + 1]
-        s_cur, s_next = sigmas[i], sigmas[i + 1]
-        if S_churn > 0:  # Increase noise temporarily.
+    def step(x_cur, i, last=False):
+        t_cur, t_next, s_cur, s_next = ts[i], ts[i + 1], sigmas[i], sigmas[i + 1]
+        if S_churn > 0:  # Increase noise temporarily (without churn, x_hat = x_cur).
             gamma = jnp.where((S_tmin <= s_cur) & (s_cur <= S_tmax), gamma_max, 0.0)
             s_hat = s_cur + gamma * s_cur
             t_hat = jnp.where(gamma > 0, grids.t_from_sigma_tilde(sde, s_hat), t_cur)
@@ -76,59 +81,16 @@ def heun_solve(
         d_cur = (x_hat - denoise(sde, score_fn, x_hat, t_hat)) / s_hat
         x_next = x_hat + (s_next - s_hat) * d_cur
 
-        # Apply 2nd-order correction unless sigma_next = 0 (``final``: the step to zero, taken
-        # outside the loop; a grid of the caller's may also end at sigma = 0).
-        if not final:
+        def correct():  # Apply 2nd-order correction.
             d_prime = (x_next - denoise(sde, score_fn, x_next, t_next)) / s_next
-            corrected = x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
-            x_next = jnp.where(s_next > 0, corrected, x_next)
-        r_hat = jnp.where(t_hat == t_cur, rec_t[i], t_hat)
-        traj = grids.record(
-            traj, save_at, r_hat, rec_t[i + 1], sde.alpha(t_hat) * x_hat, alphas[i + 1] * x_next
-        )
-        return (x_next, traj), None
+            return x_hat + (s_next - s_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
-    carry, _ = jax.lax.scan(
-        step, (x / alphas[0], traj), jnp.arange(n - to_zero), unroll=grids.UNROLL
-    )
-    if to_zero:
-        carry, _ = step(carry, n - 1, final=True)
-    x_hat, traj = carry
-    return alphas[-1] * x_hat, 2 * n - int(to_zero), traj
+        # Only the last step can end at sigma = 0, where the correction does not apply.
+        x_next = jax.lax.cond(s_next != 0, correct, lambda: x_next) if last else correct()
+        return x_next, (t_hat, t_next, sde.alpha(t_hat) * x_hat, sde.alpha(t_next) * x_next)
 
-
-def heun_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    n_steps: int = 18,
-    rho: float = 7.0,
-    time_grid: str = "edm",
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = math.inf,
-    S_noise: float = 1.0,
-    eps: float | None = None,
-    save_at: tuple = (),
-):
-    """EDM Algorithm 2: ``n_steps`` sigmas on the rho-grid from sigma(T) to sigma(eps), then 0.
-
-    nfe = 2 n_steps - 1. S_churn = 0 is the deterministic Heun solver of the probability-flow
-    ODE; the final sample is D at sigma(eps) (saved as t = 0). ``time_grid`` ("edm", or another
-    of ``grids.GRIDS``) places the sigmas: at 10 steps on the VP SDE, whose sigma(T) is 152, the
-    rho-grid spends its steps at large sigma, and "uniform" in t does better on the 2-D bench.
-    """
-    if not (isinstance(n_steps, int) and n_steps >= 2):
-        raise ValueError(f"n_steps={n_steps!r}: EDM's Heun sampler needs n_steps >= 2.")
-    if S_churn < 0 or S_noise < 0:
-        raise ValueError(f"S_churn={S_churn}, S_noise={S_noise}: both must be >= 0.")
-    eps = sde.sampling_eps if eps is None else eps
-    grids.check_save_at(save_at, sde.T, 0.0)
-    prior_rng, rng = jax.random.split(rng)
-    x = sde.prior_sampling(prior_rng, shape)
-    ts = grids.time_grid(sde, n_steps - 1, time_grid, t_end=eps, rho=rho)
-    churn = dict(S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
-    x, nfe, traj = heun_solve(rng, sde, score_fn, x, ts, to_zero=True, save_at=save_at, **churn)
-    return grids.outputs(x, nfe, traj)
+    traj = grids.trajectory_init(save_at, x)
+    x_hat, traj = grids.scan(step, x / sde.alpha(ts[0]), jnp.arange(n - 1), save_at, traj)
+    last = functools.partial(step, last=True)
+    x_hat, traj = grids.scan(last, x_hat, jnp.arange(n - 1, n), save_at, traj)
+    return sde.alpha(ts[-1]) * x_hat, 2 * n - (sigmas[-1] == 0).astype(int), traj

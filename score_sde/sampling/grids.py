@@ -7,12 +7,11 @@ to sample, increasing to invert data to noise). Three spacings:
 - ``"logsnr"``: uniform in lambda = log(alpha/sigma) (DPM-Solver, Lu et al. 2022a, Sec. 3.3).
 - ``"edm"``: EDM's rho-grid in sigma~ = sigma/alpha = exp(-lambda) (Karras et al. 2022, Eq. 5).
 
-Trajectory recording. Every sampler of this package accepts ``save_at=(t1, t2, ...)``; when it is
-not empty the sampler returns ``(samples, nfe, trajectory)`` with ``trajectory[j]`` the state at
-time ``save_at[j]``: exact on a grid node, linearly interpolated in t between the two nodes that
-bracket it otherwise (the adaptive ``ode`` sampler saves diffrax's dense interpolant instead).
-A sampler calls ``trajectory_init`` once, ``record`` after each step with the step's two end
-points, and ``outputs`` to return.
+Trajectory recording. Every solver's loop takes ``save_at=(t1, t2, ...)`` and returns the
+trajectory [len(save_at), *x.shape] with ``trajectory[j]`` the state at time ``save_at[j]``: exact
+on a grid node, linearly interpolated in t between the two nodes that bracket it otherwise (the
+adaptive ``ode`` solver saves diffrax's dense interpolant instead). The fixed-grid solvers write
+one step as ``step(carry, i) -> (carry, (t, t_next, x, x_next))`` and ``scan`` records it.
 """
 
 from __future__ import annotations
@@ -75,19 +74,20 @@ def time_grid(
     return ts.at[0].set(ends[0]).at[-1].set(ends[1])  # the ends exactly, not via an inverse
 
 
-def check_save_at(save_at: tuple, t_a: float, t_b: float) -> None:
-    """Raise if a requested time lies outside the span [t_a, t_b] (either order) of a sampler."""
+def check_save_at(save_at: tuple, t_a: float, t_b: float, slack: float = 0.0) -> None:
+    """Raise if a requested time lies outside the span [t_a, t_b] (either order) of a sampler,
+    widened by ``slack`` (the rounding of a grid computed in float32)."""
     if not isinstance(save_at, tuple):
         raise TypeError(f"save_at={save_at!r}: pass a tuple of floats (it must be hashable).")
     lo, hi = min(t_a, t_b), max(t_a, t_b)
-    bad = [s for s in save_at if not lo <= s <= hi]
+    bad = [s for s in save_at if not lo - slack <= s <= hi + slack]
     if bad:
         raise ValueError(f"save_at times {bad} are outside this sampler's span [{lo}, {hi}].")
 
 
-def trajectory_init(save_at: tuple, x: Array) -> Array | None:
-    """Zeros of shape [len(save_at), *x.shape], or None when nothing is to be saved."""
-    return jnp.zeros((len(save_at),) + x.shape, x.dtype) if save_at else None
+def trajectory_init(save_at: tuple, x: Array) -> Array:
+    """Zeros of shape [len(save_at), *x.shape] (empty when nothing is to be saved)."""
+    return jnp.zeros((len(save_at),) + x.shape, x.dtype)
 
 
 def record(traj, save_at, t_cur, t_next, x_cur, x_next, valid=None):
@@ -96,8 +96,8 @@ def record(traj, save_at, t_cur, t_next, x_cur, x_next, valid=None):
     ``t_cur``/``t_next`` are scalars or per-example [B]; ``valid`` ([B] bool) masks examples whose
     step did not happen (a rejected adaptive step). Returns the updated trajectory.
     """
-    if traj is None:
-        return None
+    if not save_at:
+        return traj
     batch = x_cur.shape[0]
     s = jnp.asarray(save_at, x_cur.dtype)[:, None]  # [S, 1]
     tc = jnp.broadcast_to(t_cur, (batch,))[None]
@@ -110,6 +110,15 @@ def record(traj, save_at, t_cur, t_next, x_cur, x_next, valid=None):
     return jnp.where(inside.reshape(inside.shape + (1,) * (x_cur.ndim - 1)), interp, traj)
 
 
-def outputs(x: Array, nfe, traj):
-    """(samples, nfe), or (samples, nfe, trajectory) when a trajectory was recorded."""
-    return (x, nfe) if traj is None else (x, nfe, traj)
+def scan(step, carry, steps, save_at: tuple, traj: Array, unroll: int = UNROLL):
+    """Run ``step(carry, i) -> (carry, (t, t_next, x, x_next))`` for i in ``steps`` as one
+    ``lax.scan``, recording each step's segment at ``save_at`` into ``traj`` (from
+    ``trajectory_init``); returns (carry, trajectory)."""
+
+    def body(state, i):
+        carry, traj = state
+        carry, segment = step(carry, i)
+        return (carry, record(traj, save_at, *segment)), None
+
+    (carry, traj), _ = jax.lax.scan(body, (carry, traj), steps, unroll=unroll)
+    return carry, traj

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from score_sde import odeint, parameterization
-from score_sde.sampling import grids
 from score_sde.sde import SDE
 
 Array = jax.Array
@@ -23,39 +22,41 @@ def probability_flow_drift(sde: SDE):
     return drift
 
 
-def ode_sampler(
+def grid(sde: SDE, *, eps: float | None = None) -> Array:
+    """The two ends (T, eps) of the adaptive solve; eps defaults to ``sde.sampling_eps``."""
+    return jnp.asarray([sde.T, sde.sampling_eps if eps is None else eps])
+
+
+def integrate(
     rng: Array,
     sde: SDE,
     score_fn,
-    shape: tuple[int, ...],
+    x: Array,
+    ts: Array,
     *,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    eps: float | None = None,
     denoise: bool = True,
     solver: str = "tsit5",
     save_at: tuple = (),
-) -> tuple[Array, ...]:
-    """Solve the probability-flow ODE from the prior at T down to eps (Song et al. 2021, Eq. 13).
+) -> tuple[Array, Array, Array]:
+    """The probability-flow ODE (Song et al. 2021, Eq. 13) from x at ts[0] to ts[-1].
 
     Each example gets its own adaptive steps (diffrax ``solver`` "tsit5" or "dopri5" with a PID
-    controller at ``rtol``, ``atol``). eps defaults to ``sde.sampling_eps``; ``denoise`` returns
-    E[x_0 | x_eps] (Tweedie). nfe is exact: the batched score evaluations of the solve (see
-    ``score_sde.odeint.solve``) plus one for denoising.
-
-    ``save_at`` (times in [eps, T]) adds the trajectory [len(save_at), *shape] to the outputs:
-    x_t from the solver's dense interpolant (not linear: the 4th-order one of the Runge–Kutta
-    pair), before denoising; recording changes neither the steps nor nfe.
+    controller at ``rtol``, ``atol``); ``denoise`` returns E[x_0 | x_eps] at eps = ts[-1]
+    (Tweedie). Returns (x, nfe, trajectory): nfe is exact, the batched score evaluations of the
+    solve (see ``score_sde.odeint.solve``) plus one for denoising; the trajectory is the
+    solver's dense interpolant (not linear: the 4th-order one of the Runge–Kutta pair), before
+    denoising; recording changes neither the steps nor nfe.
     """
+    del rng  # deterministic
     odeint.check_solver(solver)
-    eps = sde.sampling_eps if eps is None else eps
-    grids.check_save_at(save_at, sde.T, eps)
-    x = sde.prior_sampling(rng, shape)
-    x, nfe, *traj = odeint.solve(
+    t0, t1 = ts[0], ts[-1]
+    x, nfe, traj = odeint.solve(
         probability_flow_drift(sde),
         x,
-        sde.T,
-        eps,
+        t0,
+        t1,
         rtol=rtol,
         atol=atol,
         args=score_fn,
@@ -63,6 +64,6 @@ def ode_sampler(
         save_at=save_at,
     )
     if denoise:
-        t = jnp.full(shape[:1], eps, x.dtype)
+        t = jnp.full(x.shape[:1], t1, x.dtype)
         x = parameterization.tweedie_denoise(sde, score_fn(x, t), x, t)
-    return grids.outputs(x, nfe + denoise, traj[0] if traj else None)
+    return x, nfe + denoise, traj

@@ -8,7 +8,7 @@ t_{k+1} THEN ``n_corrector_steps`` corrector moves at t_{k+1}. The result is a s
 DDPM and SMLD equals the mean of the chain's last step. One score evaluation per predictor and
 corrector move and one for denoising; ``nfe`` counts them.
 
-``save_at=(t1, ...)`` records the states x_t on the grid (``score_sde.sampling.grids``), before
+Recorded trajectories hold the states x_t on the grid (``score_sde.sampling.grids``), before
 denoising, which is not a time step: the times must lie in [eps, T].
 
 Every random draw is per example (``score_sde.rng``), keyed by (rng, step, move): sample i
@@ -68,7 +68,12 @@ def _langevin_move(key, sde, score_fn, x, t, step_size):
 
 
 def langevin_corrector(key, sde, score_fn, x, t, snr):
-    """Langevin MCMC (Song et al. 2021, Alg. 4): step 2 alpha_i (snr |z| / |s|)², per example."""
+    """Langevin MCMC (Song et al. 2021, Alg. 4): step 2 alpha_i (snr |z| / |s|)², per example.
+
+    The step eps makes the score move r = snr times the noise move: |eps s| / |sqrt(2 eps) z| =
+    r sqrt(alpha_i); ALD's eps = 2 alpha_i (r sigma_t)² is the same on average, since |s| ≈
+    |z| / sigma_t. alpha_i is 1 - beta_i on the DDPM chain (VP) and 1 otherwise.
+    """
 
     def step_size(score, z):
         ratio = snr * _norm(z) / jnp.maximum(_norm(score), jnp.finfo(x.dtype).tiny)
@@ -100,13 +105,11 @@ PREDICTORS = {
 CORRECTORS = {"langevin": langevin_corrector, "ald": ald_corrector, "none": no_corrector}
 
 
-def _check(predictor, corrector, n_steps, n_corrector_steps, probability_flow):
+def _check(predictor, corrector, n_corrector_steps, probability_flow):
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor={predictor!r} is unknown; use one of {sorted(PREDICTORS)}.")
     if corrector not in CORRECTORS:
         raise ValueError(f"corrector={corrector!r} is unknown; use one of {sorted(CORRECTORS)}.")
-    if not (isinstance(n_steps, int) and n_steps >= 2):
-        raise ValueError(f"n_steps={n_steps!r}: the time grid needs n_steps >= 2 points.")
     if not (isinstance(n_corrector_steps, int) and n_corrector_steps >= 0):
         raise ValueError(f"n_corrector_steps={n_corrector_steps!r}: use an integer >= 0.")
     if probability_flow and predictor == "ancestral":
@@ -116,109 +119,88 @@ def _check(predictor, corrector, n_steps, n_corrector_steps, probability_flow):
         )
 
 
-def pc_sampler(
+def grid(sde: SDE, *, n_steps: int | None = None, eps: float | None = None) -> Array:
+    """``n_steps`` (default ``sde.N``) points linspace(T, eps), one per level of the chain;
+    eps defaults to ``sde.sampling_eps`` (1e-3 VP/sub-VP, 1e-5 VE)."""
+    n_steps = sde.N if n_steps is None else n_steps
+    if not (isinstance(n_steps, int) and n_steps >= 2):
+        raise ValueError(f"n_steps={n_steps!r}: the time grid needs n_steps >= 2 points.")
+    return jnp.linspace(sde.T, sde.sampling_eps if eps is None else eps, n_steps)
+
+
+def integrate(
     rng: Array,
     sde: SDE,
     score_fn,
-    shape: tuple[int, ...],
+    x: Array,
+    ts: Array,
     *,
     predictor: str = "reverse_diffusion",
     corrector: str = "langevin",
     snr: float = 0.16,
     n_corrector_steps: int = 1,
-    n_steps: int | None = None,
-    eps: float | None = None,
     denoise: bool = True,
     probability_flow: bool = False,
     save_at: tuple = (),
-) -> tuple[Array, ...]:
+) -> tuple[Array, Array, Array]:
     """Predictor–corrector sampling, predictor then corrector (Song et al. 2021, Algorithm 1).
+
+    Runs on ``sde.with_steps(len(ts))``: the chain-based moves (reverse diffusion, ancestral)
+    take ts to be ``grid``'s linspace(T, eps).
 
     Args:
       predictor: "reverse_diffusion", "euler_maruyama", "ancestral" or "none".
       corrector: "langevin", "ald" or "none".
-      snr: the corrector's signal-to-noise ratio r. Langevin picks, per example, the step eps
-        for which the score move is r times the noise move: |eps s| / |sqrt(2 eps) z| =
-        r sqrt(alpha_i), i.e. eps = 2 alpha_i (r |z| / |s|)²; ALD uses eps = 2 alpha_i
-        (r sigma_t)², the same on average since |s| ≈ |z| / sigma_t. alpha_i is 1 - beta_i
-        on the DDPM chain (VP) and 1 otherwise. Song et al. use 0.16 (CIFAR-10); smaller is
-        gentler.
+      snr: the corrector's signal-to-noise ratio r (see ``langevin_corrector``); Song et al.
+        use 0.16 (CIFAR-10), smaller is gentler.
       n_corrector_steps: corrector moves after each predictor move.
-      n_steps: points of the time grid and steps of the discrete chain (default ``sde.N``).
-      eps: last time of the grid (default ``sde.sampling_eps``: 1e-3 VP/sub-VP, 1e-5 VE).
-      denoise: return E[x_0 | x_eps] (Tweedie, 1 more score evaluation) instead of x_eps.
+      denoise: return E[x_0 | x_eps] at eps = ts[-1] (Tweedie, 1 more score evaluation).
       probability_flow: predict with the probability-flow ODE (c = 1/2, no noise).
-      save_at: times in [eps, T] at which to record x_t (after each step's corrector moves,
-        linear in t between grid points; before denoising).
+      save_at: times at which to record x_t (after each step's corrector moves, linear in t
+        between grid points; before denoising).
 
-    Returns (samples, nfe) with nfe = (n_steps - 1)(predictor + n_corrector_steps
-    corrector evaluations) + denoise; with ``save_at``, (samples, nfe, trajectory), the
-    trajectory of shape [len(save_at), *shape].
+    Returns (x, nfe, trajectory) with nfe = (len(ts) - 1)(predictor + n_corrector_steps
+    corrector evaluations) + denoise.
     """
-    n_steps = sde.N if n_steps is None else n_steps
-    _check(predictor, corrector, n_steps, n_corrector_steps, probability_flow)
+    _check(predictor, corrector, n_corrector_steps, probability_flow)
+    n_steps = ts.shape[0]
     sde = sde.with_steps(n_steps)
-    eps = sde.sampling_eps if eps is None else eps
-    grids.check_save_at(save_at, sde.T, eps)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    ts = jnp.linspace(sde.T, eps, n_steps)
     n_moves = n_corrector_steps if corrector != "none" else 0
-    prior_key, step_key = jax.random.split(rng)
+    batch = x.shape[:1]
 
-    def step(carry, k):
-        x, traj = carry
-        key = jax.random.fold_in(step_key, k)
-        t, t_next = (jnp.full(shape[:1], s, x.dtype) for s in (ts[k], ts[k + 1]))
+    def step(x, k):
+        key = jax.random.fold_in(rng, k)
+        t, t_next = (jnp.full(batch, s, x.dtype) for s in (ts[k], ts[k + 1]))
         x_next = predict(jax.random.fold_in(key, 0), sde, score_fn, x, t, t_next, probability_flow)
 
         def corrector_move(j, x):
             return correct(jax.random.fold_in(key, j + 1), sde, score_fn, x, t_next, snr)
 
         x_next = jax.lax.fori_loop(0, n_moves, corrector_move, x_next)
-        return (x_next, grids.record(traj, save_at, ts[k], ts[k + 1], x, x_next)), None
+        return x_next, (ts[k], ts[k + 1], x, x_next)
 
-    x = sde.prior_sampling(prior_key, shape)
-    init = (x, grids.trajectory_init(save_at, x))
-    (x, traj), _ = jax.lax.scan(step, init, jnp.arange(n_steps - 1))
+    traj = grids.trajectory_init(save_at, x)
+    x, traj = grids.scan(step, x, jnp.arange(n_steps - 1), save_at, traj, unroll=1)
     if denoise:
-        t = jnp.full(shape[:1], eps, x.dtype)
+        t = jnp.full(batch, ts[-1], x.dtype)
         x = parameterization.tweedie_denoise(sde, score_fn(x, t), x, t)
     per_step = (predictor != "none") + n_moves
-    return grids.outputs(x, jnp.asarray((n_steps - 1) * per_step + denoise), traj)
+    return x, jnp.asarray((n_steps - 1) * per_step + denoise), traj
 
 
-def euler_maruyama_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    n_steps: int | None = None,
-    eps: float | None = None,
-    denoise: bool = True,
-    save_at: tuple = (),
-) -> tuple[Array, ...]:
+def euler_maruyama(rng, sde, score_fn, x, ts, *, denoise=True, save_at=()):
     """Euler–Maruyama on the reverse SDE (Song et al. 2021, Eq. 6), dt = t_{k+1} - t_k."""
-    return pc_sampler(
-        rng, sde, score_fn, shape, predictor="euler_maruyama", corrector="none",
-        n_steps=n_steps, eps=eps, denoise=denoise, save_at=save_at,
+    return integrate(
+        rng, sde, score_fn, x, ts, predictor="euler_maruyama", corrector="none",
+        denoise=denoise, save_at=save_at,
     )  # fmt: skip
 
 
-def ancestral_sampler(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    shape: tuple[int, ...],
-    *,
-    n_steps: int | None = None,
-    eps: float | None = None,
-    denoise: bool = True,
-    save_at: tuple = (),
-) -> tuple[Array, ...]:
+def ancestral(rng, sde, score_fn, x, ts, *, denoise=True, save_at=()):
     """Ancestral sampling: DDPM for VP, SMLD's analogue for VE (Song et al. 2021, Eq. 47), the
     Tweedie posterior step for other SDEs (``sde.ancestral_step``)."""
-    return pc_sampler(
-        rng, sde, score_fn, shape, predictor="ancestral", corrector="none",
-        n_steps=n_steps, eps=eps, denoise=denoise, save_at=save_at,
+    return integrate(
+        rng, sde, score_fn, x, ts, predictor="ancestral", corrector="none",
+        denoise=denoise, save_at=save_at,
     )  # fmt: skip
