@@ -5,6 +5,13 @@ from score_sde.jobs.config import to_config_dict
 
 def get_default_configs():
     config = to_config_dict()
+    sde = config.sde
+    sde.sigma_min = 0.01
+    sde.sigma_max = 50.0
+    sde.N = 1000
+    sde.beta_min = 0.1
+    sde.beta_max = 20.0
+
     # training
     training = config.training
     training.batch_size = 128
@@ -22,8 +29,8 @@ def get_default_configs():
 
     # sampling
     sampling = config.sampling
-    sampling.n_steps_each = 1
-    sampling.noise_removal = True
+    sampling.n_corrector_steps = 1
+    sampling.denoise = True
     sampling.probability_flow = False
     sampling.snr = 0.16
 
@@ -49,11 +56,6 @@ def get_default_configs():
 
     # model
     model = config.model
-    model.sigma_min = 0.01
-    model.sigma_max = 50.0
-    model.num_scales = 1000
-    model.beta_min = 0.1
-    model.beta_max = 20.0
     model.dropout = 0.1
     model.embedding_type = "fourier"
 
@@ -77,14 +79,11 @@ def set_ddpmpp(model, num_res_blocks):
     model.parameterization = "eps"
     model.scale_by_sigma = False
     model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
     model.nf = 128
     model.ch_mult = (1, 2, 2, 2)
     model.num_res_blocks = num_res_blocks
     model.attn_resolutions = (16,)
     model.resamp_with_conv = True
-    model.conditional = True
     model.fir = False
     model.fir_kernel = (1, 3, 3, 1)
     model.skip_rescale = True
@@ -92,11 +91,9 @@ def set_ddpmpp(model, num_res_blocks):
     model.progressive = "none"
     model.progressive_input = "none"
     model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
     model.init_scale = 0.0
     model.embedding_type = "positional"
     model.fourier_scale = 16.0
-    model.conv_size = 3
 
 
 def set_ncsnpp(model, num_res_blocks):

@@ -6,8 +6,16 @@ from score_sde.jobs.config import to_config_dict
 def get_default_configs(dataset, sde):
     """A toy experiment on ``dataset`` with ``sde`` ("vpsde" or "vesde")."""
     config = to_config_dict()
+    config.sde.name = sde
+    config.sde.N = 1000
+    config.sde.beta_min = 0.1
+    config.sde.beta_max = 20.0
+    # VE: sigma_max about the largest distance between two points (Song & Ermon 2020): the
+    # 2-D sets lie within [-3, 3]².
+    config.sde.sigma_min = 0.01
+    config.sde.sigma_max = 6.0
+
     training = config.training
-    training.sde = sde
     training.batch_size = 512
     training.n_iters = 20_000
     training.snapshot_freq = 5000
@@ -49,13 +57,6 @@ def get_default_configs(dataset, sde):
     model.embedding_type = "positional"  # of 999 t
     model.dropout = 0.0
     model.ema_rate = 0.999
-    model.num_scales = 1000
-    model.beta_min = 0.1
-    model.beta_max = 20.0
-    # VE: sigma_max about the largest distance between two points (Song & Ermon 2020): the
-    # 2-D sets lie within [-3, 3]².
-    model.sigma_min = 0.01
-    model.sigma_max = 6.0
 
     optim = config.optim
     optim.lr = 1e-3

@@ -9,8 +9,12 @@ from score_sde.jobs.config import to_config_dict
 
 def get_config():
     config = to_config_dict()
+    config.sde.name = "vpsde"
+    config.sde.N = 1000
+    config.sde.beta_min = 0.1
+    config.sde.beta_max = 20.0
+
     training = config.training
-    training.sde = "vpsde"
     training.batch_size = 64
     training.n_iters = 1500  # recognisable digits (docs/benchmarks.md)
     training.snapshot_freq = 500
@@ -69,9 +73,6 @@ def get_config():
     model.dropout = 0.0
     model.ema_rate = 0.999
     model.ema_warmup = True  # a run this short must not average in the random initialisation
-    model.num_scales = 1000
-    model.beta_min = 0.1
-    model.beta_max = 20.0
 
     optim = config.optim
     optim.lr = 1e-3

@@ -141,7 +141,7 @@ def test_classifier_guidance_from_a_classifier_workdir(tmp_path, capsys):
     for wrong, extra, needle in [
         (str(tmp_path / "none"), {}, "No checkpoint"),
         (score_dir, {}, "'mlp' model"),
-        (clf_dir, {"model.beta_max": 10.0}, "trained with VPSDE(beta_min=0.1, beta_max=20.0"),
+        (clf_dir, {"sde.beta_max": 10.0}, "trained with VPSDE(beta_min=0.1, beta_max=20.0"),
     ]:
         over = {**score, **extra, "sampling.classifier_workdir": wrong}
         assert run_job(config_dict("toy/ring8_vp.py", over), score_dir, mode="sample") == 2
@@ -254,11 +254,11 @@ def test_cli_invalid_config_is_one_line_and_exit_code_2(tmp_path):
     config = os.path.join(ROOT, "configs", "digits.py")
     cmd = [sys.executable, "-m", "score_sde", f"--config={config}", f"--workdir={tmp_path}"]
     proc = subprocess.run(
-        [*cmd, "--config.model.beta_max=0.05"], capture_output=True, text=True, cwd=ROOT
+        [*cmd, "--config.sde.beta_max=0.05"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "config.model.beta_max" in lines[0], proc.stderr
+    assert len(lines) == 1 and "config.sde" in lines[0] and "beta_max=0.05" in lines[0], proc.stderr
     assert not os.listdir(tmp_path)  # nothing was started
 
 
@@ -269,14 +269,15 @@ def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path)
     config = os.path.join(ROOT, "configs", "vp", "cifar10_ddpm.py")
     base = [script, f"--config={config}", f"--workdir={tmp_path / 'run'}"]
     typo = subprocess.run(
-        [*base, "--config.model.bta_max=1"], capture_output=True, text=True, cwd=tmp_path
+        [*base, "--config.sde.bta_max=1"], capture_output=True, text=True, cwd=tmp_path
     )
     assert typo.returncode == 2 and typo.stderr.count("\n") == 1, typo.stderr
     assert "bta_max" in typo.stderr and 'Did you mean "beta_max"' in typo.stderr
     invalid = subprocess.run(
-        [*base, "--config.model.sigma_min=-1"], capture_output=True, text=True, cwd=tmp_path
+        [*base, "--config.sde.beta_min=-1"], capture_output=True, text=True, cwd=tmp_path
     )
-    assert invalid.returncode == 2 and "config.model.sigma_min=-1.0 must be > 0" in invalid.stderr
+    assert invalid.returncode == 2 and "config.sde (name='vpsde')" in invalid.stderr
+    assert "got beta_min=-1.0" in invalid.stderr and invalid.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
 
 

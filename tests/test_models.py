@@ -261,9 +261,9 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_mlp_classifier_takes_the_mlp_options_and_refuses_sigma_scaling():
-    """Its constructor passes the MLP's options on (so configs and ``create`` see them all)."""
-    options = set(models.constructor_options("mlp_classifier"))
-    assert set(models.constructor_options("mlp")) <= options
+    """Its constructor passes the MLP's options on, but for the labels and outputs it sets."""
+    options = set(models.OPTIONS["mlp_classifier"])
+    assert options == set(models.OPTIONS["mlp"]) - {"null_label", "outputs"}
     with pytest.raises(ValueError, match="Unknown option.*'ch_mult'"):
         _model("mlp_classifier", dim=5, num_classes=4, ch_mult=(1,))
     with pytest.raises(ValueError, match="scale_by_sigma"):

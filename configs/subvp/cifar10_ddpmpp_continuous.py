@@ -7,5 +7,5 @@ from configs.vp.cifar10_ddpmpp_continuous import get_config as get_vp_config
 
 def get_config():
     config = get_vp_config()
-    config.training.sde = "subvpsde"
+    config.sde.name = "subvpsde"
     return config

@@ -6,7 +6,7 @@ from configs.default_cifar10_configs import get_default_configs, set_ncsnpp
 def get_config():
     config = get_default_configs()
     training = config.training
-    training.sde = "vesde"
+    config.sde.name = "vesde"
     training.continuous = True
     training.n_iters = 950_001
 

@@ -6,7 +6,7 @@ from configs.default_cifar10_configs import get_default_configs
 def get_config():
     config = get_default_configs()
     training = config.training
-    training.sde = "vpsde"
+    config.sde.name = "vpsde"
     training.continuous = False
     training.reduce_mean = True
 
@@ -21,13 +21,10 @@ def get_config():
     model.parameterization = "eps"
     model.scale_by_sigma = False
     model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
     model.nf = 128
     model.ch_mult = (1, 2, 2, 2)
     model.num_res_blocks = 2
     model.attn_resolutions = (16,)
     model.resamp_with_conv = True
-    model.conditional = True
     model.embedding_type = "positional"
     return config

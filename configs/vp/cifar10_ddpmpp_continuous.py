@@ -6,7 +6,7 @@ from configs.default_cifar10_configs import get_default_configs, set_ddpmpp
 def get_config():
     config = get_default_configs()
     training = config.training
-    training.sde = "vpsde"
+    config.sde.name = "vpsde"
     training.continuous = True
     training.reduce_mean = True
 

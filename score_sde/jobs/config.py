@@ -2,12 +2,15 @@
 
 Config files (``configs/**.py``) build an ``ml_collections.ConfigDict`` with the sections of
 yang-song/score_sde: ``training``, ``sampling``, ``eval``, ``data``, ``model``, ``optim`` and
-``seed``; they start from ``to_config_dict()``, which holds every field below at its default, so
+``seed``, plus ``sde`` (which yang-song/score_sde spreads over ``training.sde`` and ``model``);
+they start from ``to_config_dict()``, which holds every field below at its default, so
 any field can be overridden on the command line. ``validation.from_config_dict`` turns the
 ConfigDict into a frozen ``ExperimentConfig`` (``parse``) and checks every field: an unknown key,
 a wrong type or an invalid value raises ``ConfigError`` with one line naming the field and the
 fix; unknown SDE, model, sampler and data set names list the valid ones (read
-from ``SDES``, ``models.MODELS``, ``sampling.METHODS`` and ``datasets.DATASETS``).
+from ``SDES``, ``models.MODELS``, ``sampling.METHODS`` and ``datasets.DATASETS``). Each field
+has the name of the option it sets (``sde.N`` is ``VPSDE(N=...)``, ``sampling.denoise`` the
+samplers' ``denoise``).
 
 For the trainer: ``make_sde(cfg)``, ``model_kwargs(cfg, shape)`` (for ``models.create``) and
 ``sampling_kwargs(cfg)`` (for ``sampling.sample``).
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
 import math
 import types
 import typing
@@ -35,8 +37,18 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class SDEConfig:
+    name: str = "vpsde"  # a key of score_sde.sde.SDES; the fields below its class takes
+    beta_min: float = 0.1  # VP and sub-VP
+    beta_max: float = 20.0
+    schedule: str = "linear"  # VP and sub-VP: "linear" or "cosine"
+    sigma_min: float = 0.01  # VE
+    sigma_max: float = 50.0
+    N: int = 1000  # steps of the discrete chain (yang-song/score_sde's model.num_scales)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    sde: str = "vpsde"  # a key of score_sde.sde.SDES
     batch_size: int = 128  # global batch, split over all devices
     n_iters: int = 1_300_001
     snapshot_freq: int = 50_000  # checkpoints kept for good (eval) and sample grids
@@ -62,10 +74,10 @@ class SamplingConfig:
     predictor: str = "euler_maruyama"
     corrector: str = "none"
     snr: float = 0.16
-    n_steps_each: int = 1  # corrector steps per predictor step
-    noise_removal: bool = True  # final Tweedie denoising step
+    n_corrector_steps: int = 1  # corrector steps per predictor step (Song's n_steps_each)
+    denoise: bool = True  # final Tweedie denoising step (Song's noise_removal)
     probability_flow: bool = False
-    n_steps: int | None = None  # None: the method's default (model.num_scales for pc)
+    n_steps: int | None = None  # None: the method's default (sde.N for pc)
     eps: float | None = None  # end time; None: the SDE's default
     # Class-conditional models: samples cycle through the classes; a scale w != 1 samples with
     # classifier-free guidance s(x, null) + w (s(x, y) - s(x, null)) (needs label_dropout > 0).
@@ -119,13 +131,6 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "ncsnpp"  # a key of score_sde.models.MODELS
-    # SDE
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
-    num_scales: int = 1000  # N, steps of the discrete chain
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    schedule: str = "linear"
     # training
     dropout: float = 0.1
     ema_rate: float = 0.9999
@@ -133,14 +138,11 @@ class ModelConfig:
     parameterization: str = "score"  # "score", "eps" or "x0"
     # NCSN++ / DDPM++ / DDPM
     scale_by_sigma: bool = False
-    normalization: str = "GroupNorm"
-    nonlinearity: str = "swish"
     nf: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
     num_res_blocks: int = 4
     attn_resolutions: tuple[int, ...] = (16,)
     resamp_with_conv: bool = True
-    conditional: bool = True  # time-conditional
     fir: bool = False
     fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
     skip_rescale: bool = True
@@ -148,11 +150,9 @@ class ModelConfig:
     progressive: str = "none"
     progressive_input: str = "none"
     progressive_combine: str = "sum"
-    attention_type: str = "ddpm"
     embedding_type: str = "positional"
     init_scale: float = 0.0
     fourier_scale: float = 16.0
-    conv_size: int = 3
     num_classes: int = 0  # 0: unconditional
     # MLP (also nf: its embedding width)
     width: int = 256
@@ -173,6 +173,7 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+    sde: SDEConfig = dataclasses.field(default_factory=SDEConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -184,25 +185,15 @@ class ExperimentConfig:
 
 OPTIMIZERS = ("Adam",)
 COMPUTE_DTYPES = ("float32", "bfloat16")
-SCHEDULES = ("linear", "cosine")
-# Fields of yang-song/score_sde's model configs with the one value implemented here.
-FIXED_MODEL_FIELDS = {
-    "normalization": "GroupNorm",
-    "nonlinearity": "swish",
-    "attention_type": "ddpm",
-    "conv_size": 3,
-    "conditional": True,
-}
 # Range rules: "must be <rule>" for each listed field (None, for optional fields, is allowed).
 RANGES = {
     ">= 1": (
         lambda v: v >= 1,
         "training.n_iters training.n_jitted_steps training.max_bad_steps "
-        "training.keep_checkpoints sampling.n_steps_each sampling.n_steps eval.num_samples "
-        "eval.bpd_num_repeats data.image_size model.num_scales model.nf model.num_res_blocks "
-        "model.width model.num_blocks",
+        "training.keep_checkpoints eval.num_samples eval.bpd_num_repeats data.image_size "
+        "model.nf model.num_res_blocks model.width model.num_blocks",
     ),
-    "> 0": (lambda v: v > 0, "sampling.snr eval.rtol eval.atol model.sigma_min optim.lr optim.eps"),
+    "> 0": (lambda v: v > 0, "sampling.snr eval.rtol eval.atol optim.lr optim.eps"),
     ">= 0": (
         lambda v: v >= 0,
         "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip "
@@ -298,20 +289,10 @@ def to_config_dict(exp: ExperimentConfig | None = None) -> ml_collections.Config
 
 
 # --- helpers for the trainer ---------------------------------------------------------------
-_SDE_FIELDS = {"N": "num_scales"}  # SDE constructor argument -> config.model field
-
-
 def make_sde(cfg: ExperimentConfig) -> SDE:
-    """The SDE named by ``training.sde``, with its parameters from ``config.model``."""
-    cls = SDES[cfg.training.sde]
-    kwargs = {
-        f.name: getattr(cfg.model, _SDE_FIELDS.get(f.name, f.name)) for f in dataclasses.fields(cls)
-    }
-    return cls(**kwargs)
-
-
-# SamplingConfig field -> sampler option, where the names differ (yang-song/score_sde's names).
-_SAMPLER_NAMES = {"n_steps_each": "n_corrector_steps", "noise_removal": "denoise"}
+    """The SDE named by ``sde.name``, with the fields of ``config.sde`` its class takes."""
+    cls = SDES[cfg.sde.name]
+    return cls(**{f.name: getattr(cfg.sde, f.name) for f in dataclasses.fields(cls)})
 
 
 def sampling_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -321,18 +302,15 @@ def sampling_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 
     c = cfg.sampling
     accepted = method_options(c.method)
-    kwargs = {}
-    for f in dataclasses.fields(c):
-        name, value = _SAMPLER_NAMES.get(f.name, f.name), getattr(c, f.name)
-        if name in accepted and value is not None:
-            kwargs[name] = value
+    fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+    kwargs = {k: v for k, v in fields.items() if k in accepted and v is not None}
     return kwargs | c.options
 
 
 def model_kwargs(cfg: ExperimentConfig, shape: tuple[int, ...]) -> dict[str, Any]:
     """Keyword arguments of ``models.create(cfg.model.name, rngs, **kwargs)`` for examples of
     ``shape`` ((H, W, C) images or (D,) vectors, as ``datasets.dataset_info`` gives): the model
-    fields its constructor takes, the data's size, labels and the compute dtype."""
+    fields it takes (``models.OPTIONS``), the data's size, labels and the compute dtype."""
     import jax.numpy as jnp
 
     m = cfg.model
@@ -346,12 +324,6 @@ def model_kwargs(cfg: ExperimentConfig, shape: tuple[int, ...]) -> dict[str, Any
         null_label=cfg.training.label_dropout > 0,
         dtype=jnp.dtype(cfg.training.compute_dtype),
     )
-    options = model_options(m.name)
-    return {k: v for k, v in candidates.items() if k in options}
+    from score_sde.models import OPTIONS
 
-
-def model_options(name: str) -> Mapping[str, inspect.Parameter]:
-    """The keyword arguments of model ``name``'s constructor."""
-    from score_sde.models import constructor_options
-
-    return constructor_options(name)
+    return {k: v for k, v in candidates.items() if k in OPTIONS[m.name]}

@@ -209,7 +209,7 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
     require(
         theirs == ours,
         f"{field}: its classifier was trained with {theirs} but this model with {ours} "
-        "(config.training.sde and the SDE fields of config.model).",
+        "(config.sde).",
     )
     classes = cfg.model.num_classes
     require(

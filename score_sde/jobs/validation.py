@@ -2,29 +2,29 @@
 
 Names are checked against the dicts that define them (SDEs, samplers, data sets, models, ...),
 ranges by ``config.RANGES``, and the cross-field rules (device count, U-Net levels, the
-discrete loss's chain) below.
+discrete loss's chain) below. The SDE and the sampler are validated by building them: their
+own ``ValueError`` is re-raised with the config path.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from score_sde.jobs.config import (
     COMPUTE_DTYPES,
-    FIXED_MODEL_FIELDS,
     OPTIMIZERS,
     RANGES,
-    SCHEDULES,
     ConfigError,
     ExperimentConfig,
     SamplingConfig,
     make_sde,
-    model_options,
     parse,
+    sampling_kwargs,
 )
-from score_sde.sde import SDES
+from score_sde.sde import SDE, SDES
 
 MIN_FID_SET = 10  # images on each side of the image metrics
 
@@ -50,13 +50,13 @@ def get_field(exp: ExperimentConfig, path: str) -> Any:
 
 def validate(exp: ExperimentConfig, device_count: int) -> None:
     """Raise ``ConfigError`` naming the first invalid field of ``exp``."""
-    from score_sde import models, sampling
-    from score_sde.sampling import pc
+    from score_sde import models
 
     _validate_names(exp)
     _validate_numbers(exp, device_count)
     _validate_data(exp)
-    _validate_sampler(exp.sampling, sampling.method_options(exp.sampling.method), pc)
+    sde = build_sde(exp)
+    _validate_sampler(exp, sde)
     _validate_model_inputs(exp)
     _validate_labels(exp, exp.model.name in models.CLASSIFIERS)
     _validate_discrete_loss(exp)
@@ -68,12 +68,11 @@ def _validate_names(exp: ExperimentConfig) -> None:
     from score_sde.models import embeddings, ncsnpp
 
     for path, valid in [
-        ("training.sde", SDES),
+        ("sde.name", SDES),
         ("training.compute_dtype", COMPUTE_DTYPES),
         ("sampling.method", sampling.METHODS),
         ("data.dataset", datasets.DATASETS),
         ("model.name", models.MODELS),
-        ("model.schedule", SCHEDULES),
         ("model.parameterization", parameterization.PARAMETERIZATIONS),
         ("model.embedding_type", embeddings.EMBEDDINGS),
         ("model.resblock_type", ncsnpp.RESBLOCKS),
@@ -83,35 +82,15 @@ def _validate_names(exp: ExperimentConfig) -> None:
         ("optim.optimizer", OPTIMIZERS),
     ]:
         _check_name(path, get_field(exp, path), valid)
-    model = exp.model
-    for name, only in FIXED_MODEL_FIELDS.items():
-        require(
-            getattr(model, name) == only,
-            f"config.model.{name}={getattr(model, name)!r}: only {only!r} is implemented (the "
-            "field is kept so configs read like yang-song/score_sde's).",
-        )
 
 
 def _validate_numbers(exp: ExperimentConfig, device_count: int) -> None:
     """Ranges, orderings, and the batch sizes and frequencies the devices and chunks need."""
-    model, training = exp.model, exp.training
+    training = exp.training
     for rule, (ok, paths) in RANGES.items():
         for path in paths.split():
             value = get_field(exp, path)
             require(value is None or ok(value), f"config.{path}={value} must be {rule}.")
-    require(
-        model.beta_min < model.beta_max,
-        f"config.model.beta_max={model.beta_max} must be > config.model.beta_min="
-        f"{model.beta_min} > 0.",
-    )
-    require(
-        0 < model.beta_min, f"config.model.beta_min={model.beta_min} must be > 0 (and < beta_max)."
-    )
-    require(
-        model.sigma_min < model.sigma_max,
-        f"config.model.sigma_min={model.sigma_min} must be < config.model.sigma_max="
-        f"{model.sigma_max}.",
-    )
     for path in ("training.batch_size", "eval.batch_size"):
         batch = get_field(exp, path)
         require(
@@ -169,34 +148,61 @@ def _validate_data(exp: ExperimentConfig) -> None:
         )
 
 
-def _validate_sampler(sc: SamplingConfig, accepted: tuple[str, ...], pc) -> None:
+def build_sde(exp: ExperimentConfig) -> SDE:
+    """``make_sde(exp)``, its errors re-raised naming ``config.sde``."""
+    try:
+        return make_sde(exp)
+    except ValueError as err:
+        raise ConfigError(f"config.sde (name={exp.sde.name!r}): {err}") from None
+
+
+def _standard_normal_score(x, t):
+    return -x
+
+
+def _validate_sampler(exp: ExperimentConfig, sde: SDE) -> None:
+    """Option names against the method's, then values by tracing the sampler (no compile)."""
+    import jax
+
+    from score_sde import sampling
+
+    sc, accepted = exp.sampling, sampling.method_options(exp.sampling.method)
     for name in sc.options:
         require(
             name in accepted,
             f"config.sampling.options has {name!r}, not an option of sampling.method="
             f"{sc.method!r}; its options: {', '.join(accepted)}.",
         )
-    if "predictor" in accepted:
-        _check_name("sampling.predictor", sc.predictor, pc.PREDICTORS)
-        _check_name("sampling.corrector", sc.corrector, pc.CORRECTORS)
-        require(
-            not (sc.probability_flow and sc.predictor == "ancestral"),
-            "config.sampling.probability_flow=True has no ancestral form: set "
-            "config.sampling.predictor to 'reverse_diffusion' or 'euler_maruyama'.",
-        )
+    run = functools.partial(
+        sampling.sample, sde=sde, score_fn=_standard_normal_score, shape=(1, 1), method=sc.method
+    )
+    try:
+        jax.eval_shape(lambda key: run(key, **sampling_kwargs(exp)), jax.random.PRNGKey(0))
+    except (ValueError, TypeError) as err:
+        raise ConfigError(_sampler_message(sc, str(err))) from None
+
+
+def _sampler_message(sc: SamplingConfig, message: str) -> str:
+    """A sampler's "name=value: ..." message with the config path of ``name``."""
+    name = re.match(r"(\w+)=", message)
+    if name and name[1] in sc.options:
+        return f"config.sampling.options: {message}"
+    if name and hasattr(sc, name[1]):
+        return f"config.sampling.{message}"
+    return f"config.sampling (method={sc.method!r}): {message}"
 
 
 def _validate_model_inputs(exp: ExperimentConfig) -> None:
     """Labels the model needs; images a U-Net can halve len(ch_mult) - 1 times, with attention
     at resolutions it reaches."""
+    from score_sde import models
+
     model, size = exp.model, exp.data.image_size
-    options = model_options(model.name)
-    needs_classes = getattr(options.get("num_classes"), "default", None) is inspect.Parameter.empty
     require(
-        model.num_classes > 0 or not needs_classes,
+        model.num_classes > 0 or model.name not in models.CLASSIFIERS,
         f"config.model.name={model.name!r} needs classes: set config.model.num_classes.",
     )
-    if size is None or "ch_mult" not in options:
+    if size is None or "ch_mult" not in models.OPTIONS[model.name]:
         return
     require(len(model.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
     factor = 2 ** (len(model.ch_mult) - 1)
@@ -255,7 +261,7 @@ def _validate_discrete_loss(exp: ExperimentConfig) -> None:
         make_sde(exp).discrete_marginal()
     except ValueError as err:
         raise ConfigError(
-            f"config.training.continuous=False with config.training.sde={exp.training.sde!r}: {err}"
+            f"config.training.continuous=False with config.sde.name={exp.sde.name!r}: {err}"
         ) from None
 
 

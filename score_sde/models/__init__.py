@@ -17,13 +17,13 @@ optimiser and the EMA see ``params`` alone.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
 import jax
 from flax import nnx
 
+from score_sde.models import ddpm
 from score_sde.models.classifier import Classifier
 from score_sde.models.ddpm import DDPM
 from score_sde.models.embeddings import FourierWeights
@@ -40,8 +40,8 @@ __all__ = [
     "MLP",
     "MLPClassifier",
     "NCSNpp",
+    "OPTIONS",
     "apply",
-    "constructor_options",
     "count_params",
     "create",
     "split",
@@ -53,6 +53,28 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "ddpm": DDPM,
     "classifier": Classifier,
     "mlp_classifier": MLPClassifier,
+}
+
+# The keyword options of each model's constructor (``rngs`` aside): what ``create`` accepts and
+# what a config's model section can set.
+_PRECISION = ("dtype", "param_dtype")
+_CONDITIONING = ("embedding_type", "fourier_scale", "time_scale", "init_scale")
+_LABELS = ("scale_by_sigma", "num_classes", "null_label")
+_MLP = ("dim", "width", "num_blocks", "nf", "dropout", *_CONDITIONING)
+_UNET_BODY = (
+    "image_size", "in_channels", "nf", "ch_mult", "num_res_blocks", "attn_resolutions",
+    "dropout", "resblock_type", "resamp_with_conv", "fir", "fir_kernel", "skip_rescale",
+)  # fmt: skip
+_NCSNPP = (
+    *_UNET_BODY, "progressive", "progressive_input", "progressive_combine", *_CONDITIONING,
+    *_LABELS, "attn_each_decoder_block", *_PRECISION,
+)  # fmt: skip
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "mlp": (*_MLP, *_LABELS, "outputs", *_PRECISION),
+    "ncsnpp": _NCSNPP,
+    "ddpm": tuple(o for o in _NCSNPP if o not in ddpm.SETTINGS),
+    "classifier": (*_UNET_BODY, *_CONDITIONING, "num_classes", *_PRECISION),
+    "mlp_classifier": (*_MLP, "num_classes", "scale_by_sigma", *_PRECISION),
 }
 
 # Models that output class logits [B, num_classes] (trained by cross-entropy, not score matching).
@@ -110,34 +132,15 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def constructor_options(name: str) -> dict[str, inspect.Parameter]:
-    """The keyword options of model ``name``'s constructor, with those it passes on to its base
-    class through ``**kwargs``."""
+def create(name: str, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    """Build model ``name`` (a key of MODELS) with keyword options (``OPTIONS[name]``)."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}.")
-    ctor = MODELS[name]  # a class, or a function that builds one (DDPM)
-    chain = (
-        [c.__init__ for c in ctor.__mro__ if "__init__" in vars(c)]
-        if isinstance(ctor, type)
-        else [ctor]
-    )
-    options = {}
-    for init in chain:  # __init__ itself: NNX's metaclass hides signature(cls)
-        params = inspect.signature(init).parameters
-        options = {**params, **options}
-        if all(p.kind is not p.VAR_KEYWORD for p in params.values()):
-            break
-    skip = ("self", "rngs")
-    return {k: p for k, p in options.items() if k not in skip and p.kind is not p.VAR_KEYWORD}
-
-
-def create(name: str, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """Build model ``name`` (a key of MODELS) with keyword options; unknown options are errors."""
-    options = constructor_options(name)
-    unknown = sorted(set(kwargs) - set(options))
+    unknown = sorted(set(kwargs) - set(OPTIONS[name]))
     if unknown:
         raise ValueError(
-            f"Unknown option(s) {unknown} for model {name!r}; valid options: {sorted(options)}."
+            f"Unknown option(s) {unknown} for model {name!r}; valid options: "
+            f"{sorted(OPTIONS[name])}."
         )
     return MODELS[name](rngs=rngs, **kwargs)
 

@@ -9,54 +9,30 @@ attention at 16): 35.7M parameters, as in Ho et al.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import jax.numpy as jnp
 from flax import nnx
 
 from score_sde.models.ncsnpp import NCSNpp
 
+# What makes an NCSN++ network Ho et al.'s: fixed, not options of DDPM.
+SETTINGS = dict(
+    resblock_type="ddpm",
+    resamp_with_conv=True,
+    fir=False,
+    skip_rescale=False,
+    progressive="none",
+    progressive_input="none",
+    embedding_type="positional",
+    init_scale=0.0,
+    attn_each_decoder_block=True,
+)
+# Ho et al.'s CIFAR-10 network where it differs from NCSN++'s defaults.
+DEFAULTS = dict(num_res_blocks=2)
 
-def DDPM(
-    *,
-    image_size: int,
-    in_channels: int = 3,
-    nf: int = 128,
-    ch_mult: Sequence[int] = (1, 2, 2, 2),
-    num_res_blocks: int = 2,
-    attn_resolutions: Sequence[int] = (16,),
-    dropout: float = 0.1,
-    time_scale: float = 999.0,
-    scale_by_sigma: bool = False,
-    num_classes: int | None = None,
-    null_label: bool = False,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs: nnx.Rngs,
-) -> NCSNpp:
-    """Build Ho et al.'s DDPM score network (call contract of :class:`NCSNpp`)."""
-    return NCSNpp(
-        image_size=image_size,
-        in_channels=in_channels,
-        nf=nf,
-        ch_mult=ch_mult,
-        num_res_blocks=num_res_blocks,
-        attn_resolutions=attn_resolutions,
-        dropout=dropout,
-        resblock_type="ddpm",
-        resamp_with_conv=True,
-        fir=False,
-        skip_rescale=False,
-        progressive="none",
-        progressive_input="none",
-        embedding_type="positional",
-        time_scale=time_scale,
-        init_scale=0.0,
-        scale_by_sigma=scale_by_sigma,
-        num_classes=num_classes,
-        null_label=null_label,
-        attn_each_decoder_block=True,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+
+def DDPM(*, rngs: nnx.Rngs, **options) -> NCSNpp:
+    """Build Ho et al.'s DDPM score network: an :class:`NCSNpp` with ``SETTINGS``; ``options``
+    are NCSN++'s others (``models.OPTIONS["ddpm"]``), ``DEFAULTS`` where not given."""
+    fixed = sorted(set(options) & set(SETTINGS))
+    if fixed:
+        raise ValueError(f"{fixed}: DDPM fixes them ({SETTINGS}); use model 'ncsnpp' to vary them.")
+    return NCSNpp(**SETTINGS, **{**DEFAULTS, **options}, rngs=rngs)
