@@ -21,7 +21,6 @@ the network at t = k T / (N - 1), and convert its output with the chain's own al
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -101,23 +100,6 @@ def continuous_dsm_losses(
     return losses
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChainMarginal:
-    """x_k = alpha_k x0 + sigma_k z of a discrete chain, read at t = k T / (N - 1): exposes the
-    ``alpha`` / ``marginal_std`` that ``to_score`` uses, so outputs convert with the chain's own
-    coefficients (at k = 0 the continuous sigma(0) is 0, the chain's is not)."""
-
-    sde: SDE
-    alphas: Array
-    stds: Array
-
-    def alpha(self, t: Array) -> Array:
-        return self.alphas[self.sde.step_index(t)]
-
-    def marginal_std(self, t: Array) -> Array:
-        return self.stds[self.sde.step_index(t)]
-
-
 def discrete_losses(
     sde: SDE,
     model_fn: ModelFn,
@@ -127,7 +109,7 @@ def discrete_losses(
 ) -> LossFn:
     """Per-example DDPM (Ho et al. 2020) or SMLD (Song & Ermon 2019) losses of the SDE's chain:
     index k uniform in {0, ..., N-1}, the network called at t = k T / (N - 1): [B]."""
-    chain = _ChainMarginal(sde, *sde.discrete_marginal())
+    chain = sde.chain()
     n = sde.N
 
     def losses(rng: Array, params: Any, x: Array, y: Array | None = None) -> Array:

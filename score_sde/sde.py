@@ -20,12 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from score_sde import rng as rng_lib
+from score_sde.schedules import Chain, CosineSchedule, LinearSchedule
 
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
-
-COSINE_S = 0.008
-COSINE_T = 0.9946  # DPM-Solver's end time for the cosine schedule: beta(t) is infinite at t = 1.
 
 
 def batch_mul(a: Array, x: Array) -> Array:
@@ -146,9 +144,16 @@ class SDE(abc.ABC):
         """(alpha_k, sigma_k) of the SDE's discrete chain, k < N; only chains with a discrete
         training loss (DDPM for VP, SMLD for VE) define it."""
         raise ValueError(
-            f"{type(self).__name__} has no discrete chain to train on (DDPM needs VP, SMLD VE): "
-            "set continuous=True to train it with denoising score matching."
+            f"{type(self).__name__} has no discrete chain with known marginals (DDPM is VP's, "
+            "SMLD is VE's): use its continuous form (continuous=True to train it with "
+            "denoising score matching, discrete=False to sample with DDIM)."
         )
+
+    def chain(self) -> Chain:
+        """The discrete chain (DDPM for VP, SMLD for VE) as a noise schedule; raises for an SDE
+        without one."""
+        self.discrete_marginal()
+        return Chain(self)
 
     def langevin_alpha(self, t: Array) -> Array:
         """The alpha_i that scales the Langevin corrector's step (1 unless a chain sets it)."""
@@ -214,11 +219,8 @@ class ReverseSDE:
 
 @dataclasses.dataclass(frozen=True)
 class _BetaSchedule(SDE):
-    """beta(t) of VP and sub-VP: ``linear`` (Song et al.) or ``cosine`` (Nichol & Dhariwal).
-
-    The cosine schedule is alphabar(t) = cos²(((t + s)/(1 + s)) π/2) / cos²(s/(1 + s) π/2) with
-    s = 0.008; beta(t) = -d log alphabar / dt is infinite at t = 1, so its T is 0.9946.
-    """
+    """beta(t) of VP and sub-VP: ``schedule`` "linear" (``LinearSchedule``, from beta_min to
+    beta_max) or "cosine" (``CosineSchedule``; beta_min and beta_max unused)."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -231,32 +233,24 @@ class _BetaSchedule(SDE):
         _check_range(self, "beta_min", "beta_max")
 
     @property
-    def T(self) -> float:
-        return COSINE_T if self.schedule == "cosine" else 1.0
+    def _beta_t(self) -> LinearSchedule | CosineSchedule:
+        if self.schedule == "cosine":
+            return CosineSchedule()
+        return LinearSchedule(self.beta_min, self.beta_max)
 
-    def _cos_arg(self, t):
-        return (t + COSINE_S) / (1 + COSINE_S) * (jnp.pi / 2)
+    @property
+    def T(self) -> float:
+        return self._beta_t.T
 
     def beta(self, t: Array) -> Array:
-        if self.schedule == "cosine":
-            return jnp.pi / (1 + COSINE_S) * jnp.tan(self._cos_arg(t))
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return self._beta_t.beta(t)
 
     def log_mean_coeff(self, t: Array) -> Array:
-        if self.schedule == "cosine":
-            c0 = math.cos(COSINE_S / (1 + COSINE_S) * math.pi / 2)
-            return jnp.log(jnp.cos(self._cos_arg(t)) / c0)
-        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        return self._beta_t.log_mean_coeff(t)
 
     def t_from_log_mean_coeff(self, m: Array) -> Array:
         """Inverse of ``log_mean_coeff`` (closed form for both schedules)."""
-        if self.schedule == "cosine":
-            c0 = math.cos(COSINE_S / (1 + COSINE_S) * math.pi / 2)
-            return jnp.arccos(jnp.exp(m) * c0) * 2 * (1 + COSINE_S) / jnp.pi - COSINE_S
-        # Solve ¼ Δ t² + ½ beta_min t + m = 0 in the cancellation-free form of DPM-Solver.
-        delta = self.beta_max - self.beta_min
-        tmp = -4 * delta * m
-        return tmp / (jnp.sqrt(self.beta_min**2 + tmp) + self.beta_min) / delta
+        return self._beta_t.t_from_log_mean_coeff(m)
 
     def drift_coeff(self, t: Array) -> Array:
         return -0.5 * self.beta(t)
@@ -265,15 +259,9 @@ class _BetaSchedule(SDE):
         return 1.0
 
     def discrete_betas(self) -> Array:
-        """beta_k of the discrete chain: DDPM's linspace(beta_min/N, beta_max/N, N), or the
-        iDDPM cosine betas 1 - alphabar(k/N)/alphabar((k-1)/N); both clipped at 0.999, as
+        """beta_k of the discrete chain (the schedule's ``discrete_betas``), clipped at 0.999 as
         iDDPM does, so that a short chain (N <= beta_max: beta_max/N >= 1) stays defined."""
-        if self.schedule == "cosine":
-            k = jnp.arange(self.N + 1) / self.N
-            abar = jnp.exp(2 * self.log_mean_coeff(k))
-            return jnp.minimum(1 - abar[1:] / abar[:-1], 0.999)
-        betas = jnp.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N)
-        return jnp.minimum(betas, 0.999)
+        return jnp.minimum(self._beta_t.discrete_betas(self.N), 0.999)
 
     def langevin_alpha(self, t: Array) -> Array:
         return 1.0 - self.discrete_betas()[self.step_index(t)]

@@ -14,7 +14,7 @@ import pytest
 from score_sde import analytic, metrics, sampling
 from score_sde import rng as rng_lib
 from score_sde import sde as sde_lib
-from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids
+from score_sde.sampling import dpm_solver, dpm_solver_adaptive, edm, grids
 
 MEAN = np.array([0.5, -1.0, 2.0])  # numpy float64: the tests run with x64 on
 VAR = np.array([0.04, 0.5, 2.0])
@@ -72,7 +72,7 @@ def test_ddim_eta0_is_dpm_solver_1_step_for_step(sde, prediction):
 def test_ddim_eta1_on_the_chain_is_ddpm_ancestral():
     """DDIM(eta=1) on the DDPM chain = Ho et al. Alg. 2 with sigma_k² = beta-tilde_k."""
     sde = sde_lib.VPSDE(N=40)
-    chain = ddim.DDPMChain(sde)
+    chain = sde.chain()
     mix = analytic.GaussianMixture.isotropic([0.4, 0.6], [[-1.0, 0.5], [1.5, -0.5]], 0.3)
     score_fn = lambda x, t: mix.score(x, chain, t)  # exact score of the chain's marginals
     rng, shape = jax.random.PRNGKey(3), (64, 2)
@@ -96,6 +96,28 @@ def test_ddim_eta1_on_the_chain_is_ddpm_ancestral():
 
     ddpm = jax.jit(lambda y: jax.lax.scan(ddpm_step, y, jnp.arange(40))[0])
     y = ddpm(sde.prior_sampling(prior_rng, shape))
+    np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-8)
+
+
+def test_ddim_eta1_on_the_smld_chain_is_smld_ancestral():
+    """VE's chain is SMLD's: DDIM(eta=1) on it is the SMLD ancestral step (Eq. 47), step for
+    step with the same draws, its last step (to the data) Tweedie's at sigma_min."""
+    sde = sde_lib.VESDE(N=20, sigma_max=5.0)
+    chain = sde.chain()
+    mix = analytic.GaussianMixture.isotropic([0.4, 0.6], [[-1.0, 0.5], [1.5, -0.5]], 0.3)
+    score_fn = lambda x, t: mix.score(x, chain, t)  # exact score of the chain's marginals
+    x_T, key = sde.prior_sampling(jax.random.PRNGKey(0), (32, 2)), jax.random.PRNGKey(1)
+    x, nfe = sampling.solve(
+        key, sde, score_fn, x_T, chain.times(20), method="ddim", eta=1.0, discrete=True
+    )
+
+    def smld_step(y, i):
+        t = jnp.full((32,), (19 - i) / 19)
+        z = rng_lib.normal(jax.random.fold_in(key, i), y.shape)
+        return sde.ancestral_step(y, t, score_fn(y, t), z)[0], None
+
+    y = jax.jit(lambda y: jax.lax.scan(smld_step, y, jnp.arange(20))[0])(x_T)
+    assert int(nfe) == 20
     np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-8)
 
 
@@ -361,5 +383,5 @@ def test_clear_errors_for_bad_options():
     for method, options, message in cases:
         with pytest.raises(ValueError, match=message):
             sampling.sample(rng, sde, score_fn, (2, 2), method=method, **options)
-    with pytest.raises(ValueError, match="VESDE"):
-        sampling.sample(rng, sde_lib.VESDE(), score_fn, (2, 2), method="ddim", discrete=True)
+    with pytest.raises(ValueError, match="SubVPSDE has no discrete chain"):
+        sampling.sample(rng, sde_lib.SubVPSDE(), score_fn, (2, 2), method="ddim", discrete=True)

@@ -6,13 +6,10 @@ One step from t to s (Eq. 12), for any marginal x_t = alpha_t x0 + sigma_t eps:
 so eta = 0 is the deterministic DDIM (the probability-flow ODE's first-order exponential
 integrator, i.e. DPM-Solver-1) and eta = 1 on the DDPM chain is DDPM ancestral sampling with the
 posterior variance beta-tilde. It runs on the continuous SDEs, or with ``discrete=True`` on the
-DDPM chain of ``sde.discrete_betas()``.
+SDE's discrete chain, ``sde.chain()``: DDPM's for VP, SMLD's for VE.
 """
 
 from __future__ import annotations
-
-import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,35 +22,8 @@ from score_sde.sde import SDE
 Array = jax.Array
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["sde"], meta_fields=[])
-@dataclasses.dataclass(frozen=True)
-class DDPMChain:
-    """The DDPM chain of ``sde`` as a noise schedule: at t_k = k T/(N-1) (k = step_index),
-    alpha = sqrt(alphabar_k) and sigma = sqrt(1 - alphabar_k); any t < 0 is the data itself."""
-
-    sde: SDE
-
-    def _alphabar(self, t: Array) -> Array:
-        alphabar = jnp.cumprod(1.0 - self.sde.discrete_betas())
-        return jnp.where(t < 0, 1.0, alphabar[self.sde.step_index(t)])
-
-    def alpha(self, t: Array) -> Array:
-        return jnp.sqrt(self._alphabar(t))
-
-    def marginal_std(self, t: Array) -> Array:
-        return jnp.sqrt(1.0 - self._alphabar(t))
-
-    def times(self, n_steps: int) -> Array:
-        """Model times of ``n_steps`` evenly spaced chain indices from N-1 to 0, then the data."""
-        n = self.sde.N
-        if not 1 <= n_steps <= n:
-            raise ValueError(f"n_steps={n_steps}: the DDPM chain has N={n} steps; use 1..{n}.")
-        k = jnp.round(jnp.linspace(n - 1, 0, n_steps))
-        return jnp.append(k, -1.0) * (self.sde.T / max(n - 1, 1))
-
-
 def ddim_step(coeffs, score_fn, x, t, s, eta, z):
-    """One DDIM step from t to s (Eq. 12); ``coeffs`` is an SDE or a ``DDPMChain``."""
+    """One DDIM step from t to s (Eq. 12); ``coeffs`` is an SDE or its ``sde.chain()``."""
     score = score_fn(x, jnp.full((x.shape[0],), t, x.dtype))
     eps = param.from_score(coeffs, score, x, t, "eps")
     x0 = param.from_score(coeffs, score, x, t, "x0")
@@ -67,7 +37,7 @@ def ddim_step(coeffs, score_fn, x, t, s, eta, z):
 
 def grid(sde: SDE, *, n_steps: int = 50, time_grid: str = "uniform", eps=None, discrete=False):
     """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps); with
-    ``discrete``, DDPM chain indices evenly spaced from N-1 to 0, then the data (t < 0)."""
+    ``discrete``, chain indices evenly spaced from N-1 to 0, then the data (t < 0)."""
     if not discrete:
         return grids.time_grid(sde, n_steps, time_grid, t_end=eps)
     if time_grid != "uniform" or eps is not None:
@@ -75,18 +45,18 @@ def grid(sde: SDE, *, n_steps: int = 50, time_grid: str = "uniform", eps=None, d
             "discrete=True spaces chain indices evenly and ends at the data; "
             "leave time_grid='uniform' and eps=None."
         )
-    return _chain(sde).times(n_steps)
+    return sde.chain().times(n_steps)
 
 
 def integrate(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=()):
-    """DDIM (Eq. 12) from x at ts[0] along the grid ts, on the DDPM chain with ``discrete``;
+    """DDIM (Eq. 12) from x at ts[0] along the grid ts, on ``sde.chain()`` with ``discrete``;
     returns (x, nfe = len(ts) - 1, trajectory). The chain's data (t < 0) is saved as t = 0.
 
     Step i draws its noise as ``rng.normal(fold_in(rng, i), x.shape)`` (per example).
     """
     if eta < 0:
         raise ValueError(f"eta={eta}: need eta >= 0 (0 deterministic, 1 DDPM-like).")
-    coeffs = _chain(sde) if discrete else sde
+    coeffs = sde.chain() if discrete else sde
 
     def step(x, i):
         t, s = ts[i], ts[i + 1]
@@ -98,12 +68,3 @@ def integrate(rng, sde, score_fn, x, ts, *, eta=0.0, discrete=False, save_at=())
     traj = grids.trajectory_init(save_at, x)
     x_end, traj = grids.scan(step, x, jnp.arange(n), save_at, traj)
     return x_end, n, traj
-
-
-def _chain(sde: SDE) -> DDPMChain:
-    if not hasattr(sde, "discrete_betas"):
-        raise ValueError(
-            f"discrete=True needs a DDPM chain (sde.discrete_betas()); "
-            f"{type(sde).__name__} has none: use VPSDE or SubVPSDE."
-        )
-    return DDPMChain(sde)
