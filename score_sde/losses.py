@@ -101,11 +101,7 @@ def continuous_dsm_losses(
 
 
 def discrete_losses(
-    sde: SDE,
-    model_fn: ModelFn,
-    *,
-    parameterization: str = "score",
-    reduce_mean: bool = False,
+    sde: SDE, model_fn: ModelFn, *, parameterization: str = "score", reduce_mean: bool = False
 ) -> LossFn:
     """Per-example DDPM (Ho et al. 2020) or SMLD (Song & Ermon 2019) losses of the SDE's chain:
     index k uniform in {0, ..., N-1}, the network called at t = k T / (N - 1): [B]."""

@@ -108,7 +108,6 @@ def solve(
     ts = jnp.asarray(save_at, jnp.result_type(float))
     order = jnp.argsort(jnp.where(t1 < t0, -ts, ts))  # diffrax saves in the solve's direction
     saveat = diffrax.SaveAt(t1=True, ts=ts[order] if save_at else None, controller_state=True)
-
     # Map over the PerExample nodes only; flattened first, so that no other node of args (an
     # SDE, say) is rebuilt with placeholder values.
     nodes, treedef = jax.tree.flatten(args, is_leaf=_is_rows)
@@ -117,29 +116,20 @@ def solve(
     def one(y, nodes):
         a = jax.tree.unflatten(treedef, [_as_batch_of_one(node) for node in nodes])
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field),
-            method,
-            t0=t0,
-            t1=t1,
-            dt0=FIRST_STEP * (t1 - t0),
-            y0=y,
-            args=a,
-            stepsize_controller=controller,
-            saveat=saveat,
-            max_steps=MAX_STEPS,
-        )
+            diffrax.ODETerm(vector_field), method, t0=t0, t1=t1, dt0=FIRST_STEP * (t1 - t0),
+            y0=y, args=a, stepsize_controller=controller, saveat=saveat, max_steps=MAX_STEPS,
+        )  # fmt: skip
         y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
         return y1, sol.ys, sol.stats["num_steps"], sol.controller_state[2]
 
     y1, ys, steps, first_stage = jax.vmap(one, in_axes=(0, axes))(y0, nodes)
     stages = len(method.tableau.c) + 1
     nfe = (stages - 1) * jnp.max(steps) + jnp.max(first_stage)
-    if not save_at:
-        return y1, nfe, jax.tree_util.tree_map(lambda leaf: leaf[None][:0], y1)
-    unsort = jnp.argsort(order)
+    return y1, nfe, jax.tree_util.tree_map(functools.partial(_trajectory, ts, order, t1), ys, y1)
 
-    def trajectory(leaf, leaf1):  # leaf: [B, S + 1, ...], the sorted save times then t1
-        traj = jnp.moveaxis(leaf[:, :-1], 1, 0)[unsort]
-        return jnp.where((ts == t1).reshape((-1,) + (1,) * leaf1.ndim), leaf1, traj)
 
-    return y1, nfe, jax.tree_util.tree_map(trajectory, ys, y1)
+def _trajectory(ts, order, t1, leaf, leaf1):
+    """[S, B, ...] states at the save times ``ts`` from diffrax's [B, S + 1, ...] (the times in
+    ``order``, then t1) and y1 (``leaf1``)."""
+    traj = jnp.moveaxis(leaf[:, :-1], 1, 0)[jnp.argsort(order)]
+    return jnp.where((ts == t1).reshape((-1,) + (1,) * leaf1.ndim), leaf1, traj)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import jax
 
-from score_sde.sde import SDE, batch_mul
+from score_sde.sde import SDE
 
 PARAMETERIZATIONS = ("score", "eps", "x0")
 
@@ -18,26 +18,34 @@ def _check(kind: str) -> None:
         raise ValueError(f"parameterization={kind!r}: use one of {PARAMETERIZATIONS}.")
 
 
-def to_score(sde: SDE, output: jax.Array, x: jax.Array, t: jax.Array, kind: str) -> jax.Array:
-    """The score implied by a model ``output`` of parameterisation ``kind`` at (x, t)."""
+# kind -> (to the score, from the score), with a = alpha(t) and s = sigma(t) per example.
+_FORMULAS = {
+    "score": (lambda out, x, a, s: out, lambda score, x, a, s: score),
+    "eps": (lambda eps, x, a, s: (-1 / s) * eps, lambda score, x, a, s: -s * score),
+    "x0": (
+        lambda x0, x, a, s: (1 / s**2) * (a * x0 - x),
+        lambda score, x, a, s: (1 / a) * (x + s**2 * score),
+    ),
+}
+
+
+def _convert(direction: int, sde: SDE, value: jax.Array, x: jax.Array, t, kind: str):
     _check(kind)
     if kind == "score":
-        return output
-    sigma = sde.marginal_std(t)
-    if kind == "eps":
-        return batch_mul(-1 / sigma, output)
-    return batch_mul(1 / sigma**2, batch_mul(sde.alpha(t), output) - x)
+        return value
+    per_example = lambda c: c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+    a, s = per_example(sde.alpha(t)), per_example(sde.marginal_std(t))
+    return _FORMULAS[kind][direction](value, x, a, s)
+
+
+def to_score(sde: SDE, output: jax.Array, x: jax.Array, t: jax.Array, kind: str) -> jax.Array:
+    """The score implied by a model ``output`` of parameterisation ``kind`` at (x, t)."""
+    return _convert(0, sde, output, x, t, kind)
 
 
 def from_score(sde: SDE, score: jax.Array, x: jax.Array, t: jax.Array, kind: str) -> jax.Array:
     """The ``kind`` prediction (score, eps or x0) implied by ``score`` at (x, t)."""
-    _check(kind)
-    if kind == "score":
-        return score
-    sigma = sde.marginal_std(t)
-    if kind == "eps":
-        return batch_mul(-sigma, score)
-    return batch_mul(1 / sde.alpha(t), x + batch_mul(sigma**2, score))
+    return _convert(1, sde, score, x, t, kind)
 
 
 def score_fn_from(sde: SDE, model_fn: Callable, kind: str) -> Callable:

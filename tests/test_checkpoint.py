@@ -1,6 +1,7 @@
 """Checkpoints: exact resume after SIGKILL and SIGTERM (bitwise on CPU, data position included),
 and a clear error when a checkpoint does not fit the model."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -151,3 +152,15 @@ def test_missing_step_lists_the_available_ones(tmp_path):
     ckpt.close()
     with pytest.raises(FileNotFoundError, match=r"available steps: \[5\]"):
         ckpt_lib.Checkpointer(str(tmp_path), read_only=True).restore({"a": np.ones(2)}, 7)
+
+
+def test_a_read_only_checkpointer_opens_without_orbax_s_warning(tmp_path, caplog):
+    """Each eval restore opens the run read-only: orbax's "Given directory is read only"
+    warning, logged every time, is dropped; other warnings still pass."""
+    (tmp_path / "ck").mkdir()
+    with caplog.at_level("WARNING", logger="absl"):
+        ckpt_lib.Checkpointer(str(tmp_path / "ck"), read_only=True)
+    assert not [r for r in caplog.records if "read only" in r.getMessage()], caplog.text
+    with caplog.at_level("WARNING", logger="absl"), ckpt_lib._quiet_read_only_notice():
+        logging.getLogger("absl").warning("another warning")
+    assert "another warning" in caplog.text

@@ -181,6 +181,11 @@ def test_image_size_not_divisible_by_downsampling():
     _fails(_digits(**{"data.image_size": 18}), "config.data.image_size=18", "divisible by")
 
 
+def test_unet_shape_errors_come_from_the_model_s_geometry():
+    _fails(_digits(**{"model.ch_mult": ()}), "config.model.ch_mult=()", "one entry per")
+    _fails(_digits(**{"model.nf": 2}), "config.model.nf=2", "GroupNorm")
+
+
 def test_attention_resolution_not_reachable():
     _fails(_digits(**{"model.attn_resolutions": (6,)}), "config.model.attn_resolutions", "16, 8, 4")
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import config_dict, tiny_toy_config
+from helpers import tiny_toy_config
 
 from score_sde import sharding
 from score_sde.jobs import checkpoint as ckpt_lib
@@ -16,7 +16,6 @@ from score_sde.jobs import experiment as experiment_lib
 from score_sde.jobs import train as train_lib
 from score_sde.jobs.config import OptimConfig
 from score_sde.jobs.state import init_state
-from score_sde.jobs.validation import from_config_dict
 from score_sde.jobs.workdir import Workdir
 
 LR, WARMUP, EMA = 0.1, 4, 0.9
@@ -190,23 +189,3 @@ def test_job_stops_after_nonfinite_streak_and_keeps_last_checkpoint(tmp_path):
     assert ckpt.all_steps()[-1] == 10
     again = _host(ckpt.restore(trainer.initial_state())[0])
     jax.tree.map(np.testing.assert_array_equal, again, saved)
-
-
-@pytest.mark.parametrize("dequantize", [False, True])
-def test_uniform_dequantization_noises_each_pixel_within_its_level(dequantize):
-    """data.uniform_dequantization: the model sees (255 x + u) / 256, u ~ U[0, 1), scaled to
-    [-1, 1]; without it, exactly the 8-bit levels."""
-    small = {"model.nf": 8, "model.ch_mult": (1, 2), "model.attn_resolutions": ()}
-    cfg = config_dict("digits.py", {**small, "data.uniform_dequantization": dequantize})
-    exp = experiment_lib.Experiment.create(from_config_dict(cfg, device_count=1))
-    batch = next(exp.data_iterator("train", batch_size=16))
-    x, y = exp.prepare_batch(batch, jax.random.key(3))
-    assert y is None
-    chex.assert_shape(x, (16, 16, 16, 1))
-    levels = np.round(np.asarray(batch["x"]) * 255)
-    u = (np.asarray(x, np.float64) + 1) / 2 * 256 - levels  # the noise within the level
-    if dequantize:
-        assert u.min() >= -1e-4 and u.max() < 1 + 1e-4
-        assert abs(u.mean() - 0.5) < 0.02 and abs(u.var() - 1 / 12) < 0.01
-    else:
-        np.testing.assert_allclose(u, levels / 255, atol=1e-4)  # 256 k/255 - k = k/255

@@ -12,7 +12,9 @@ into "save at the next step boundary and exit".
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import signal
 from collections.abc import Mapping
@@ -87,6 +89,22 @@ def abstract_like(tree):
     )
 
 
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    """Drop orbax's "Given directory is read only" warning, logged by every read-only manager:
+    an eval job opens the training run's checkpoints read-only on purpose."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class Checkpointer:
     """Save and restore (state, config, metadata, data-iterator positions) under ``directory``."""
 
@@ -125,9 +143,10 @@ class Checkpointer:
             raise NoCheckpointError(
                 f"No checkpoints at {self.directory}: run --mode train with this --workdir first."
             )
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_handlers=handlers
-        )
+        with _quiet_read_only_notice():
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers
+            )
 
     # --- queries -------------------------------------------------------------------------
     def all_steps(self) -> list[int]:

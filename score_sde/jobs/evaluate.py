@@ -50,6 +50,7 @@ from score_sde.jobs import fid_eval
 from score_sde.jobs import runlog as runlog_lib
 from score_sde.jobs.config import ConfigError, ExperimentConfig, make_sde
 from score_sde.jobs.experiment import Experiment, keyed_batch, stream_key
+from score_sde.jobs.runlog import say
 from score_sde.jobs.state import UNREAD_BY_EVAL, TrainState, init_state
 from score_sde.jobs.validation import MIN_FID_SET, from_config_dict, get_field, require
 from score_sde.jobs.workdir import Workdir
@@ -332,7 +333,6 @@ def evaluate(
     quality = fid_eval.ImageQuality(cfg, images=images, progress=progress)  # bad paths fail early
     evaluator = Evaluator(cfg, workdir)
     log = runlog_lib.EvalLog(Workdir(workdir))
-    say = print if jax.process_index() == 0 else (lambda *a, **k: None)
     last_new, waiting = time.monotonic(), False
     while True:
         steps = evaluator.ckpt.all_steps() if step is None else [step]

@@ -37,6 +37,7 @@ from score_sde.evaluation.streaming import (
 )
 from score_sde.jobs.config import ConfigError, ExperimentConfig
 from score_sde.jobs.experiment import stream_key
+from score_sde.jobs.runlog import say, write_atomically
 from score_sde.jobs.validation import MIN_FID_SET
 
 SAVE_EVERY = 60.0  # seconds between saves of an evaluation's partial statistics
@@ -44,23 +45,20 @@ KID_SUBSET = 1000  # KID subset size (Binkowski et al.), fewer when the sets are
 PR_K, DC_K = 3, 5  # nearest neighbours: precision/recall (Kynkaanniemi), density/coverage (Naeem)
 
 
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
-def load_inception(cfg: ExperimentConfig) -> ev.Inception | None:
+def load_inception(cfg: ExperimentConfig, *, required: bool = False) -> ev.Inception | None:
     """The FID Inception of ``eval.inception_weights`` (default: found in the cache), or None
-    with one log line saying how to get the weights."""
+    with one log line saying how to get the weights (a ``ConfigError`` when ``required``)."""
     try:
         inception = ev.Inception.load(cfg.eval.inception_weights or None)
     except ev.WeightsError as err:
         if cfg.eval.inception_weights:
             raise ConfigError(f"config.eval.inception_weights: {err}") from None
-        _say(f"FID, KID, IS and precision/recall are not computed: {err}")
+        if required:
+            raise ConfigError(str(err)) from None
+        say(f"FID, KID, IS and precision/recall are not computed: {err}")
         return None
     if not inception.has_logits:
-        _say(
+        say(
             f"Inception weights {inception.path} have no logits: the Inception Score is null "
             "(pytorch-fid's file has them: score-sde-inception --from PATH.pth)."
         )
@@ -115,7 +113,7 @@ def compute_reference(cfg: ExperimentConfig, inception: ev.Inception, *, progres
     source = reference_source(cfg)
     n = min(len(source), e.fid_reference_size or len(source))
     path = reference_path(cfg)
-    _say(f"Reference statistics of {d.dataset}/{e.fid_split} ({n} images) -> {path}")
+    say(f"Reference statistics of {d.dataset}/{e.fid_split} ({n} images) -> {path}")
 
     def batches():
         for start in range(0, n, e.batch_size):
@@ -134,11 +132,7 @@ def compute_reference(cfg: ExperimentConfig, inception: ev.Inception, *, progres
 
 
 def _save_npz(path: str, **arrays) -> None:
-    """Write atomically: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: np.savez(tmp, **arrays), ".tmp.npz")
 
 
 def read_reference(path: str) -> Reference:
@@ -210,12 +204,9 @@ def images_metrics(cfg: ExperimentConfig, inception, images: np.ndarray, *, prog
 def fid_stats_job(cfg: ExperimentConfig, *, progress: bool = True) -> str:
     """``--mode fid_stats``: compute and save the reference statistics; returns their path."""
     reference_source(cfg)  # a bad split fails before the weights load (or convert)
-    try:
-        inception = ev.Inception.load(cfg.eval.inception_weights or None)
-    except ev.WeightsError as err:
-        raise ConfigError(str(err)) from None
+    inception = load_inception(cfg, required=True)
     ref = compute_reference(cfg, inception, progress=progress)
-    _say(f"Wrote {ref.path}: {ref.n} images, {len(ref.features)} features kept.")
+    say(f"Wrote {ref.path}: {ref.n} images, {len(ref.features)} features kept.")
     return ref.path
 
 
@@ -254,10 +245,10 @@ def _resume(path: str, fingerprint: str) -> tuple[Accumulator | None, int]:
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     if str(arrays.pop("fingerprint")) != fingerprint:
-        _say(f"{path}: saved with other sampling or eval settings; starting the FID afresh.")
+        say(f"{path}: saved with other sampling or eval settings; starting the FID afresh.")
         return None, 0
     done = int(arrays.pop("batches_done"))
-    _say(f"Resuming the FID evaluation from batch {done + 1} ({path}).")
+    say(f"Resuming the FID evaluation from batch {done + 1} ({path}).")
     return Accumulator.from_arrays(arrays), done
 
 

@@ -100,6 +100,7 @@ def run_job(
     from score_sde.datasets import DatasetNotPreparedError
     from score_sde.jobs.checkpoint import CheckpointMismatchError, NoCheckpointError
     from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.runlog import say
     from score_sde.jobs.train import NonFiniteLossError
     from score_sde.jobs.validation import from_config_dict
 
@@ -127,8 +128,7 @@ def run_job(
             path = generate(
                 cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
             )
-            if jax.process_index() == 0:
-                print(f"Wrote {path}")
+            say(f"Wrote {path}")
     except NonFiniteLossError as err:
         print(str(err), file=sys.stderr)
         return EXIT_DIVERGED

@@ -172,12 +172,28 @@ class RunLog:
             self._writer.close()
 
 
+def say(*args, **kwargs) -> None:
+    """``print`` on process 0 only: every process runs the same job, one reports it."""
+    if jax.process_index() == 0:
+        print(*args, flush=True, **kwargs)
+
+
+def write_atomically(path: str, write, suffix: str = ".tmp") -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it: a reader never sees half a file.
+    ``suffix`` ends the temporary name (``np.savez`` appends ".npz" to any other)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write(path + suffix)
+    os.replace(path + suffix, path)
+
+
 def write_json(path: str, value: dict) -> None:
-    """Write atomically: a reader never sees half a report."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    """Write a JSON report atomically."""
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+
+    write_atomically(path, write)
 
 
 def read_report(workdir: Workdir) -> dict:

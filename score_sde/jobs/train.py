@@ -29,6 +29,7 @@ from score_sde.jobs import experiment as experiment_lib
 from score_sde.jobs import runlog as runlog_lib
 from score_sde.jobs.config import ExperimentConfig, OptimConfig
 from score_sde.jobs.experiment import keyed_batch, stream_key
+from score_sde.jobs.runlog import say
 from score_sde.jobs.state import TrainState, init_state
 from score_sde.jobs.workdir import Workdir
 from score_sde.sharding import make_mesh, put_batches, put_global, replicated
@@ -212,6 +213,22 @@ class Trainer:
     def initial_state(self) -> TrainState:
         return init_state(self.cfg.seed, self.exp.params, self.exp.rest, self.mesh, self.optimizer)
 
+    def _resume(self, wd: Workdir):
+        """(state, checkpointer, data iterators): the latest checkpoint's, or fresh ones."""
+        tc = self.cfg.training
+        iterators = {
+            "train": self.exp.data_iterator("train"),
+            "eval": self.exp.data_iterator(self.cfg.eval.bpd_split),
+        }
+        ckpt = ckpt_lib.Checkpointer(
+            wd.checkpoints, max_to_keep=tc.keep_checkpoints, keep_period=tc.snapshot_freq
+        )
+        state = self.initial_state()
+        if ckpt.latest_step() is not None:
+            state, _ = ckpt.restore(state, iterators=iterators)
+            say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
+        return state, ckpt, iterators
+
     def run(self, workdir: str, *, progress: bool = True) -> TrainState:
         """Train in ``workdir``, resuming from its latest checkpoint; returns the final state.
 
@@ -219,26 +236,15 @@ class Trainer:
         steps; the last checkpoint written before them is left as it is.
         """
         cfg, tc, exp, mesh = self.cfg, self.cfg.training, self.exp, self.mesh
-        is_main = jax.process_index() == 0
-        say = print if is_main else (lambda *a, **k: None)
         say(exp.describe(mesh))
-        train_it = exp.data_iterator("train")
-        eval_it = exp.data_iterator(cfg.eval.bpd_split)
-        iterators = {"train": train_it, "eval": eval_it}
         wd = Workdir(workdir)
-        ckpt = ckpt_lib.Checkpointer(
-            wd.checkpoints,
-            max_to_keep=tc.keep_checkpoints,
-            keep_period=tc.snapshot_freq,
-        )
-        state = self.initial_state()
-        if ckpt.latest_step() is not None:
-            state, _ = ckpt.restore(state, iterators=iterators)
-            say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
+        state, ckpt, iterators = self._resume(wd)
+        train_it, eval_it = iterators["train"], iterators["eval"]
         step = start_step = int(state.step)
         log = runlog_lib.RunLog(
-            wd, total_steps=tc.n_iters, initial_step=step, enabled=is_main, progress=progress
-        )
+            wd, total_steps=tc.n_iters, initial_step=step, enabled=jax.process_index() == 0,
+            progress=progress,
+        )  # fmt: skip
         config_json = experiment_lib.config_to_json(cfg)
         meta = dict(param_count=exp.param_count, process_count=jax.process_count())
         pending = None  # (step, metrics) of the previous chunk, read after the next is dispatched

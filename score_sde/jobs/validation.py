@@ -193,9 +193,10 @@ def _sampler_message(sc: SamplingConfig, message: str) -> str:
 
 
 def _validate_model_inputs(exp: ExperimentConfig) -> None:
-    """Labels the model needs; images a U-Net can halve len(ch_mult) - 1 times, with attention
-    at resolutions it reaches."""
+    """Labels the model needs; a U-Net's shape (``Geometry``: images it can halve
+    len(ch_mult) - 1 times, attention at resolutions it reaches)."""
     from score_sde import models
+    from score_sde.models.ncsnpp import Geometry
 
     model, size = exp.model, exp.data.image_size
     require(
@@ -204,20 +205,14 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
     )
     if size is None or "ch_mult" not in models.OPTIONS[model.name]:
         return
-    require(len(model.ch_mult) >= 1, "config.model.ch_mult is empty: give one entry per level.")
-    factor = 2 ** (len(model.ch_mult) - 1)
-    require(
-        size % factor == 0,
-        f"config.data.image_size={size} must be divisible by 2**(len(config.model.ch_mult) - 1)"
-        f"={factor}: use a multiple of {factor} or fewer levels in ch_mult={model.ch_mult}.",
-    )
-    reachable = [size // 2**i for i in range(len(model.ch_mult))]
-    for res in model.attn_resolutions:
-        require(
-            res in reachable,
-            f"config.model.attn_resolutions has {res}, not a resolution of the U-Net for "
-            f"image_size={size}: use some of {reachable}.",
-        )
+    try:  # the U-Net's shape, as the model builds it
+        Geometry(
+            size, exp.data.num_channels, model.nf, model.ch_mult, model.num_res_blocks,
+            model.attn_resolutions, model.resamp_with_conv,
+        )  # fmt: skip
+    except ValueError as err:
+        section = "data" if str(err).startswith("image_size") else "model"
+        raise ConfigError(f"config.{section}.{err}") from None
 
 
 def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:

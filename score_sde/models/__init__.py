@@ -119,16 +119,7 @@ PRESETS: dict[str, dict] = {
     "ddpmpp_deep_cifar10": dict(_DDPMPP_CIFAR10, num_res_blocks=8),
     "ncsnpp_cifar10": _NCSNPP_CIFAR10,
     "ncsnpp_deep_cifar10": dict(_NCSNPP_CIFAR10, num_res_blocks=8),
-    "ddpm_cifar10": dict(
-        name="ddpm",
-        image_size=32,
-        in_channels=3,
-        nf=128,
-        ch_mult=(1, 2, 2, 2),
-        num_res_blocks=2,
-        attn_resolutions=(16,),
-        dropout=0.1,
-    ),
+    "ddpm_cifar10": dict(name="ddpm", image_size=32, in_channels=3),  # DDPM's defaults are Ho's
 }
 
 

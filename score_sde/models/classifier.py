@@ -14,12 +14,12 @@ from flax import nnx
 
 from score_sde.models import layers
 from score_sde.models.embeddings import Conditioning
-from score_sde.models.ncsnpp import RESBLOCKS, Blocks, Encoder, check_unet
+from score_sde.models.ncsnpp import Blocks, Encoder, Geometry
 
 Array = jax.Array
 
 
-class Classifier(nnx.Module):
+class Classifier(layers.ScoreNetwork):
     """Logits [B, num_classes] of a noisy image x_t: [B, H, W, C] at time t / noise level sigma."""
 
     def __init__(
@@ -46,61 +46,32 @@ class Classifier(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        layers.check_choice("resblock_type", resblock_type, RESBLOCKS)
-        check_unet(image_size, nf, ch_mult, attn_resolutions)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes.")
+        g = Geometry(
+            image_size, in_channels, nf, tuple(ch_mult), num_res_blocks, tuple(attn_resolutions),
+            resamp_with_conv,
+        )  # fmt: skip
         prec = layers.Precision(dtype, param_dtype)
         self.embed = Conditioning(
-            nf,
-            prec,
-            rngs,
-            embedding_type=embedding_type,
-            fourier_scale=fourier_scale,
+            nf, prec, rngs, embedding_type=embedding_type, fourier_scale=fourier_scale,
             time_scale=time_scale,
-        )
+        )  # fmt: skip
         blocks = Blocks(
-            prec,
-            rngs,
-            temb_dim=self.embed.dim,
-            resblock_type=resblock_type,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
-        self.encoder = Encoder(
-            blocks,
-            image_size=image_size,
-            in_channels=in_channels,
-            nf=nf,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resamp_with_conv=resamp_with_conv,
-            progressive_input="none",
-            progressive_combine="sum",
-        )
+            prec, rngs, temb_dim=self.embed.dim, resblock_type=resblock_type, dropout=dropout,
+            fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale, init_scale=init_scale,
+        )  # fmt: skip
+        self.encoder = Encoder(blocks, g, progressive_input="none", progressive_combine="sum")
         ch = self.encoder.channels[-1]
         self.norm = layers.group_norm(ch, prec, rngs)
         self.out = layers.dense(ch, num_classes, prec, rngs)
-        self.dtype, self.has_dropout = dtype, dropout > 0
+        self.dtype, self.has_dropout, self.scale_by_sigma = dtype, dropout > 0, False
 
-    def __call__(
-        self,
-        x: Array,
-        t: Array,
-        sigma: Array,
-        y: Array | None = None,
-        *,
-        train: bool = False,
-        rngs: nnx.Rngs | Array | None = None,
-    ) -> Array:
+    def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
+        h = self.encoder(x, temb, train=train, rngs=rngs)[-1]
+        return self.out(layers.act(self.norm(h)).mean(axis=(1, 2)))
+
+    def __call__(self, x, t, sigma, y=None, *, train=False, rngs=None):
         if y is not None:
             raise ValueError("The classifier predicts labels: call it with y=None.")
-        rngs = layers.dropout_rngs(rngs, train and self.has_dropout)
-        temb = self.embed(t, sigma)
-        h = self.encoder(x.astype(self.dtype), temb, train=train, rngs=rngs)[-1]
-        h = layers.act(self.norm(h)).mean(axis=(1, 2))
-        return self.out(h).astype(jnp.float32)
+        return super().__call__(x, t, sigma, train=train, rngs=rngs).astype(jnp.float32)

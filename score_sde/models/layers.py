@@ -151,8 +151,41 @@ class ResampleConv(nnx.Module):
         return resample(x.astype(self.dtype), w, self.fir_kernel) + b
 
 
-class Upsample(nnx.Module):
-    """2x upsampling, nearest or FIR, optionally with a convolution (NCSN++'s Upsample)."""
+class ScoreNetwork(nnx.Module):
+    """The call of every model here, ``model(x, t, sigma, y=None, *, train, rngs)``: dropout
+    keys, the conditioning ``embed(t, sigma, y)``, the subclass's ``body`` in ``dtype``, then
+    the output in float32, divided by sigma when ``scale_by_sigma``, in x's dtype."""
+
+    embed: nnx.Module
+    dtype: Any
+    has_dropout: bool
+    scale_by_sigma: bool
+
+    def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        x: Array,
+        t: Array,
+        sigma: Array,
+        y: Array | None = None,
+        *,
+        train: bool = False,
+        rngs: nnx.Rngs | Array | None = None,
+    ) -> Array:
+        rngs = dropout_rngs(rngs, train and self.has_dropout)
+        temb = self.embed(t, sigma, y)
+        h = self.body(x.astype(self.dtype), temb, train=train, rngs=rngs).astype(jnp.float32)
+        if self.scale_by_sigma:
+            h = h / sigma.astype(jnp.float32).reshape((-1,) + (1,) * (h.ndim - 1))
+        return h.astype(x.dtype)
+
+
+class Resample(nnx.Module):
+    """2x upsampling (nearest or FIR) or downsampling (mean pooling or FIR), optionally with a
+    convolution: NCSN++'s Upsample and Downsample. With FIR the convolution is fused with the
+    resampling; without, it follows nearest upsampling or is the strided downsampling."""
 
     def __init__(
         self,
@@ -160,54 +193,28 @@ class Upsample(nnx.Module):
         prec: Precision,
         rngs: nnx.Rngs,
         *,
+        up: bool,
         cout: int | None = None,
         with_conv: bool,
         fir: bool,
         fir_kernel: Sequence[int],
     ):
         cout = cout or cin
-        self.fir_kernel = tuple(fir_kernel) if fir else None
+        self.up, self.fir_kernel = up, tuple(fir_kernel) if fir else None
         if not with_conv:
             self.conv = None
-        elif fir:  # fused with the FIR upsampling
-            self.conv = ResampleConv(cin, cout, prec, rngs, up=True, fir_kernel=fir_kernel)
-        else:  # after nearest upsampling
-            self.conv = conv(cin, cout, prec, rngs)
+        elif fir:
+            self.conv = ResampleConv(cin, cout, prec, rngs, up=up, fir_kernel=fir_kernel)
+        else:
+            self.conv = conv(cin, cout, prec, rngs, stride=1 if up else 2)
 
     def __call__(self, x: Array) -> Array:
+        if not self.up:
+            return up_down.downsample(x, self.fir_kernel) if self.conv is None else self.conv(x)
         if isinstance(self.conv, ResampleConv):
             return self.conv(x)
         h = up_down.upsample(x, self.fir_kernel)
         return self.conv(h) if self.conv is not None else h
-
-
-class Downsample(nnx.Module):
-    """2x downsampling: strided conv or mean pooling, or their FIR versions (NCSN++)."""
-
-    def __init__(
-        self,
-        cin: int,
-        prec: Precision,
-        rngs: nnx.Rngs,
-        *,
-        cout: int | None = None,
-        with_conv: bool,
-        fir: bool,
-        fir_kernel: Sequence[int],
-    ):
-        cout = cout or cin
-        self.fir_kernel = tuple(fir_kernel) if fir else None
-        if not with_conv:
-            self.conv = None
-        elif fir:  # fused with the FIR downsampling
-            self.conv = ResampleConv(cin, cout, prec, rngs, up=False, fir_kernel=fir_kernel)
-        else:
-            self.conv = conv(cin, cout, prec, rngs, stride=2)
-
-    def __call__(self, x: Array) -> Array:
-        if self.conv is not None:
-            return self.conv(x)
-        return up_down.downsample(x, self.fir_kernel)
 
 
 class Combine(nnx.Module):

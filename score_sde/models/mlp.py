@@ -28,7 +28,7 @@ class ResidualMLPBlock(nnx.Module):
         return h + self.dense1(z)
 
 
-class MLP(nnx.Module):
+class MLP(layers.ScoreNetwork):
     """Score model for x: [B, dim]; conditioning as in NCSN++ (999 t or log sigma)."""
 
     def __init__(
@@ -77,25 +77,11 @@ class MLP(nnx.Module):
         self.dense_out = layers.dense(width, outputs or dim, prec, rngs, init_scale)
         self.scale_by_sigma, self.dtype, self.has_dropout = scale_by_sigma, dtype, dropout > 0
 
-    def __call__(
-        self,
-        x: Array,
-        t: Array,
-        sigma: Array,
-        y: Array | None = None,
-        *,
-        train: bool = False,
-        rngs: nnx.Rngs | Array | None = None,
-    ) -> Array:
-        rngs = layers.dropout_rngs(rngs, train and self.has_dropout)
-        temb = self.embed(t, sigma, y)
-        h = self.dense_in(x.astype(self.dtype))
+    def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
+        h = self.dense_in(x)
         for block in self.blocks:
             h = block(h, temb, train=train, rngs=rngs)
-        h = self.dense_out(layers.act(h)).astype(jnp.float32)
-        if self.scale_by_sigma:
-            h = h / sigma.astype(jnp.float32)[:, None]
-        return h.astype(x.dtype)
+        return self.dense_out(layers.act(h))
 
 
 class MLPClassifier(MLP):

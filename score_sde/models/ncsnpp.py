@@ -11,6 +11,7 @@ Call: ``model(x, t, sigma, y=None, *, train=False, rngs=None)`` with x: [B, H, W
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -27,25 +28,41 @@ PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 COMBINE = ("sum", "cat")
 
 
-def check_unet(image_size: int, nf: int, ch_mult: Sequence[int], attn_resolutions) -> None:
-    """Raise a clear error when the image size or widths do not fit the U-Net."""
-    if nf < 4:
-        raise ValueError(f"nf={nf}: GroupNorm needs at least 4 channels (use nf >= 4).")
-    n = len(ch_mult)
-    if n < 1:
-        raise ValueError("ch_mult must have at least one entry (one per resolution).")
-    if image_size < 2 ** (n - 1) or image_size % 2 ** (n - 1):
-        raise ValueError(
-            f"image_size={image_size} must be divisible by 2^(len(ch_mult) - 1) = {2 ** (n - 1)}"
-            f" for ch_mult={tuple(ch_mult)}: use fewer resolutions or another image size."
-        )
-    resolutions = [image_size // 2**i for i in range(n)]
-    bad = sorted(set(attn_resolutions) - set(resolutions))
-    if bad:
-        raise ValueError(
-            f"attn_resolutions={tuple(attn_resolutions)}: {bad} not among the model's "
-            f"resolutions {resolutions} (image_size={image_size}, ch_mult={tuple(ch_mult)})."
-        )
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The U-Net's shape, shared by its encoder and decoder: the input, the width nf, one level
+    per ``ch_mult`` entry (halving the resolution between levels), residual blocks per level,
+    the resolutions with attention, and resampling with a convolution or without."""
+
+    image_size: int
+    in_channels: int
+    nf: int
+    ch_mult: tuple[int, ...]
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]
+    resamp_with_conv: bool
+
+    def __post_init__(self):
+        image_size, nf, ch_mult, n = self.image_size, self.nf, self.ch_mult, len(self.ch_mult)
+        if nf < 4:
+            raise ValueError(f"nf={nf}: GroupNorm needs at least 4 channels (use nf >= 4).")
+        if n < 1:
+            raise ValueError("ch_mult=(): give one entry per resolution, e.g. (1, 2, 2).")
+        if image_size < 2 ** (n - 1) or image_size % 2 ** (n - 1):
+            raise ValueError(
+                f"image_size={image_size} must be divisible by 2^(len(ch_mult) - 1) = "
+                f"{2 ** (n - 1)} for ch_mult={ch_mult}: use fewer resolutions or another size."
+            )
+        resolutions = [image_size // 2**i for i in range(n)]
+        bad = sorted(set(self.attn_resolutions) - set(resolutions))
+        if bad:
+            raise ValueError(
+                f"attn_resolutions={self.attn_resolutions}: {bad} not among the model's "
+                f"resolutions {resolutions} (image_size={image_size}, ch_mult={ch_mult})."
+            )
+
+    def attention_at(self, level: int) -> bool:
+        return self.image_size >> level in self.attn_resolutions
 
 
 class Blocks:
@@ -64,6 +81,7 @@ class Blocks:
         skip_rescale: bool,
         init_scale: float,
     ):
+        layers.check_choice("resblock_type", resblock_type, RESBLOCKS)
         self.prec, self.rngs, self.fir, self.fir_kernel = prec, rngs, fir, tuple(fir_kernel)
         self.biggan = resblock_type == "biggan"
         self.skip_rescale, self.init_scale = skip_rescale, init_scale
@@ -88,19 +106,13 @@ class Blocks:
         )
 
     def resample(self, ch: int, up: bool, with_conv: bool, cout: int | None = None):
-        cls = layers.Upsample if up else layers.Downsample
-        return cls(
-            ch,
-            self.prec,
-            self.rngs,
-            cout=cout,
-            with_conv=with_conv,
-            fir=self.fir,
+        return layers.Resample(
+            ch, self.prec, self.rngs, up=up, cout=cout, with_conv=with_conv, fir=self.fir,
             fir_kernel=self.fir_kernel,
-        )
+        )  # fmt: skip
 
     def updown(self, ch: int, up: bool, with_conv: bool):
-        """The resampling between resolutions: a BigGAN block, or DDPM's Upsample/Downsample."""
+        """The resampling between resolutions: a BigGAN block, or DDPM's plain resampling."""
         if self.biggan:
             return self.res(ch, updown="up" if up else "down")
         return self.resample(ch, up, with_conv)
@@ -115,7 +127,7 @@ class Level(nnx.Module):
 
 
 def _call(m, h, temb, train, rngs):
-    """Call a resampling layer: a BigGAN block takes the embedding, Up/Downsample do not."""
+    """Call a resampling layer: a BigGAN block takes the embedding, Resample does not."""
     return m(h, temb, train=train, rngs=rngs) if isinstance(m, layers.ResnetBlock) else m(h)
 
 
@@ -126,35 +138,26 @@ class Encoder(nnx.Module):
     """
 
     def __init__(
-        self,
-        blocks: Blocks,
-        *,
-        image_size: int,
-        in_channels: int,
-        nf: int,
-        ch_mult: Sequence[int],
-        num_res_blocks: int,
-        attn_resolutions: Sequence[int],
-        resamp_with_conv: bool,
-        progressive_input: str,
-        progressive_combine: str,
+        self, blocks: Blocks, g: Geometry, *, progressive_input: str, progressive_combine: str
     ):
-        prec, rngs = blocks.prec, blocks.rngs
+        layers.check_choice("progressive_input", progressive_input, PROGRESSIVE_INPUT)
+        layers.check_choice("progressive_combine", progressive_combine, COMBINE)
+        prec, rngs, in_channels, nf = blocks.prec, blocks.rngs, g.in_channels, g.nf
         self.conv_in = layers.conv(in_channels, nf, prec, rngs)
         self.progressive_input, self.skip_rescale = progressive_input, blocks.skip_rescale
         self.fir_kernel = blocks.fir_kernel if blocks.fir else None
         channels = [nf]  # of each returned feature map
         ch, pyr_ch, levels = nf, in_channels, []
-        for i, mult in enumerate(ch_mult):
+        for i, mult in enumerate(g.ch_mult):
             res_blocks, attns = [], []
-            for _ in range(num_res_blocks):
+            for _ in range(g.num_res_blocks):
                 res_blocks.append(blocks.res(ch, nf * mult))
                 ch = nf * mult
-                attns.append(blocks.attn(ch) if image_size >> i in attn_resolutions else None)
+                attns.append(blocks.attn(ch) if g.attention_at(i) else None)
                 channels.append(ch)
             resample = pyramid = None
-            if i < len(ch_mult) - 1:
-                resample = blocks.updown(ch, up=False, with_conv=resamp_with_conv)
+            if i < len(g.ch_mult) - 1:
+                resample = blocks.updown(ch, up=False, with_conv=g.resamp_with_conv)
                 if progressive_input == "input_skip":
                     pyramid = layers.Combine(
                         in_channels, ch, prec, rngs, method=progressive_combine
@@ -196,18 +199,14 @@ class Decoder(nnx.Module):
         self,
         blocks: Blocks,
         skip_channels: Sequence[int],
+        g: Geometry,
         *,
-        image_size: int,
-        in_channels: int,
-        nf: int,
-        ch_mult: Sequence[int],
-        num_res_blocks: int,
-        attn_resolutions: Sequence[int],
-        resamp_with_conv: bool,
         progressive: str,
         attn_each_decoder_block: bool,
     ):
+        layers.check_choice("progressive", progressive, PROGRESSIVE)
         prec, rngs, init_scale = blocks.prec, blocks.rngs, blocks.init_scale
+        in_channels, nf, ch_mult, num_res_blocks = g.in_channels, g.nf, g.ch_mult, g.num_res_blocks
         skips, ch = list(skip_channels), skip_channels[-1]
         levels, pyr_ch = [], in_channels
         for i in reversed(range(len(ch_mult))):
@@ -216,7 +215,7 @@ class Decoder(nnx.Module):
                 res_blocks.append(blocks.res(ch + skips.pop(), nf * ch_mult[i]))
                 ch = nf * ch_mult[i]
             # Song et al.: attention once per decoder level; Ho et al.: after every block.
-            with_attn = image_size >> i in attn_resolutions
+            with_attn = g.attention_at(i)
             attns = [
                 blocks.attn(ch)
                 if with_attn and (attn_each_decoder_block or j == num_res_blocks)
@@ -233,7 +232,7 @@ class Decoder(nnx.Module):
             elif progressive == "residual":
                 pyramid = blocks.resample(pyr_ch, up=True, with_conv=True, cout=ch)
                 pyr_ch = ch
-            resample = blocks.updown(ch, up=True, with_conv=resamp_with_conv) if i else None
+            resample = blocks.updown(ch, up=True, with_conv=g.resamp_with_conv) if i else None
             levels.append(Level(res_blocks, attns, resample, pyramid, head))
         assert not skips
         self.levels = nnx.List(levels)
@@ -262,7 +261,7 @@ class Decoder(nnx.Module):
         return self.head(h) if self.head is not None else pyramid
 
 
-class NCSNpp(nnx.Module):
+class NCSNpp(layers.ScoreNetwork):
     """The NCSN++ / DDPM++ score network (defaults: DDPM++ cont., CIFAR-10 without image size)."""
 
     def __init__(
@@ -295,82 +294,33 @@ class NCSNpp(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        for name, value, options in [
-            ("resblock_type", resblock_type, RESBLOCKS),
-            ("progressive", progressive, PROGRESSIVE),
-            ("progressive_input", progressive_input, PROGRESSIVE_INPUT),
-            ("progressive_combine", progressive_combine, COMBINE),
-        ]:
-            layers.check_choice(name, value, options)
-        check_unet(image_size, nf, ch_mult, attn_resolutions)
+        g = Geometry(
+            image_size, in_channels, nf, tuple(ch_mult), num_res_blocks, tuple(attn_resolutions),
+            resamp_with_conv,
+        )  # fmt: skip
         prec = layers.Precision(dtype, param_dtype)
         self.embed = Conditioning(
-            nf,
-            prec,
-            rngs,
-            embedding_type=embedding_type,
-            fourier_scale=fourier_scale,
-            time_scale=time_scale,
-            num_classes=num_classes,
-            null_label=null_label,
-        )
+            nf, prec, rngs, embedding_type=embedding_type, fourier_scale=fourier_scale,
+            time_scale=time_scale, num_classes=num_classes, null_label=null_label,
+        )  # fmt: skip
         blocks = Blocks(
-            prec,
-            rngs,
-            temb_dim=self.embed.dim,
-            resblock_type=resblock_type,
-            dropout=dropout,
-            fir=fir,
-            fir_kernel=fir_kernel,
-            skip_rescale=skip_rescale,
-            init_scale=init_scale,
-        )
+            prec, rngs, temb_dim=self.embed.dim, resblock_type=resblock_type, dropout=dropout,
+            fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale, init_scale=init_scale,
+        )  # fmt: skip
         self.encoder = Encoder(
-            blocks,
-            image_size=image_size,
-            in_channels=in_channels,
-            nf=nf,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resamp_with_conv=resamp_with_conv,
-            progressive_input=progressive_input,
-            progressive_combine=progressive_combine,
+            blocks, g, progressive_input=progressive_input, progressive_combine=progressive_combine
         )
         ch = self.encoder.channels[-1]
         self.mid = nnx.List([blocks.res(ch), blocks.attn(ch), blocks.res(ch)])
         self.decoder = Decoder(
-            blocks,
-            self.encoder.channels,
-            image_size=image_size,
-            in_channels=in_channels,
-            nf=nf,
-            ch_mult=ch_mult,
-            num_res_blocks=num_res_blocks,
-            attn_resolutions=attn_resolutions,
-            resamp_with_conv=resamp_with_conv,
-            progressive=progressive,
+            blocks, self.encoder.channels, g, progressive=progressive,
             attn_each_decoder_block=attn_each_decoder_block,
-        )
+        )  # fmt: skip
         self.scale_by_sigma, self.dtype = scale_by_sigma, dtype
         self.has_dropout = dropout > 0
 
-    def __call__(
-        self,
-        x: Array,
-        t: Array,
-        sigma: Array,
-        y: Array | None = None,
-        *,
-        train: bool = False,
-        rngs: nnx.Rngs | Array | None = None,
-    ) -> Array:
-        rngs = layers.dropout_rngs(rngs, train and self.has_dropout)
-        temb = self.embed(t, sigma, y)
-        hs = self.encoder(x.astype(self.dtype), temb, train=train, rngs=rngs)
+    def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
+        hs = self.encoder(x, temb, train=train, rngs=rngs)
         h = self.mid[0](hs[-1], temb, train=train, rngs=rngs)
         h = self.mid[2](self.mid[1](h), temb, train=train, rngs=rngs)
-        h = self.decoder(h, hs, temb, train=train, rngs=rngs).astype(jnp.float32)
-        if self.scale_by_sigma:
-            h = h / sigma.astype(jnp.float32).reshape((-1,) + (1,) * (h.ndim - 1))
-        return h.astype(x.dtype)
+        return self.decoder(h, hs, temb, train=train, rngs=rngs)

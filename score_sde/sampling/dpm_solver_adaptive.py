@@ -11,6 +11,7 @@ example (not the batch maximum), so sample i depends only on (rng, i) and not on
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,21 +38,9 @@ def grid(sde: SDE, *, eps=None) -> Array:
 
 
 def integrate(
-    rng,
-    sde,
-    score_fn,
-    x,
-    ts,
-    *,
-    order=3,
-    rtol=0.05,
-    atol=0.0078,
-    h_init=0.05,
-    theta=0.9,
-    prediction="data",
-    max_steps=1000,
-    save_at=(),
-):
+    rng, sde, score_fn, x, ts, *, order=3, rtol=0.05, atol=0.0078, h_init=0.05, theta=0.9,
+    prediction="data", max_steps=1000, save_at=(),
+):  # fmt: skip
     """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) from x at ts[0] to ts[-1].
 
     Defaults are the paper's (atol = 0.0078 suits data in [-1, 1]); ``prediction="data"`` runs
@@ -71,49 +60,57 @@ def integrate(
     lam_end = sde.half_log_snr(t_end)
     sign = jnp.sign(lam_end - sde.half_log_snr(t_start))
 
-    def attempt(x, s, t):
-        m_s = model(x, s)
-        if order == 2:
-            x_low = dpm.first_update(sde, prediction, x, s, t, m_s)
-            return x_low, dpm.second_update(sde, model, prediction, x, s, t, m_s, r1=0.5)[0]
-        x_low, m_s1 = dpm.second_update(sde, model, prediction, x, s, t, m_s, r1=1 / 3)
-        return x_low, dpm.third_update(sde, model, prediction, x, s, t, m_s, m_s1)
-
-    def body(state):
-        x, x_prev, s, lam_s, h, done, it, traj = state
-        t_try = sde.t_from_half_log_snr(lam_s + sign * h)
+    def body(st: _State) -> _State:
+        t_try = sde.t_from_half_log_snr(st.lam_s + sign * st.h)
         # Last step when h reaches the end or t_try (an inexact inverse) lands within _LAM_TOL.
-        last = (h >= jnp.abs(lam_end - lam_s)) | (
+        last = (st.h >= jnp.abs(lam_end - st.lam_s)) | (
             sign * (sde.half_log_snr(t_try) - lam_end) > -_LAM_TOL
         )
         t = jnp.where(last, t_end, t_try)
-        x_low, x_high = attempt(x, s, t)
-        delta = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(x_low), jnp.abs(x_prev)))
+        x_low, x_high = _attempt(sde, model, prediction, order, st.x, st.s, t)
+        delta = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(x_low), jnp.abs(st.x_prev)))
         err = _rms((x_high - x_low) / delta)
-        accept = (err <= 1.0) & ~done
-        traj = grids.record(traj, save_at, s, t, x, x_high, valid=accept)
-        x = _where(accept, x_high, x)
-        x_prev = _where(accept, x_low, x_prev)
-        s = jnp.where(accept, t, s)
-        lam_s = jnp.where(accept, jnp.where(last, lam_end, sde.half_log_snr(t)), lam_s)
-        done = done | (accept & last)
-        h = jnp.minimum(theta * h * err ** (-1.0 / order), jnp.abs(lam_end - lam_s))
-        return x, x_prev, s, lam_s, h, done, it + 1, traj
-
-    def cond(state):
-        done, it = state[5], state[6]
-        return jnp.any(~done) & (it < max_steps)
+        accept = (err <= 1.0) & ~st.done
+        lam_s = jnp.where(accept, jnp.where(last, lam_end, sde.half_log_snr(t)), st.lam_s)
+        return _State(
+            x=_where(accept, x_high, st.x),
+            x_prev=_where(accept, x_low, st.x_prev),
+            s=jnp.where(accept, t, st.s),
+            lam_s=lam_s,
+            h=jnp.minimum(theta * st.h * err ** (-1.0 / order), jnp.abs(lam_end - lam_s)),
+            done=st.done | (accept & last),
+            it=st.it + 1,
+            traj=grids.record(st.traj, save_at, st.s, t, st.x, x_high, valid=accept),
+        )
 
     s0 = jnp.full((batch,), t_start, dtype)
-    init = (
-        x,
-        x,
-        s0,
-        sde.half_log_snr(s0),
-        jnp.full((batch,), h_init, dtype),
-        jnp.zeros((batch,), bool),
-        jnp.asarray(0),
-        grids.trajectory_init(save_at, x),
-    )
-    x, _, _, _, _, done, it, traj = jax.lax.while_loop(cond, body, init)
-    return _where(done, x, jnp.full_like(x, jnp.nan)), order * it, traj
+    init = _State(
+        x, x, s0, sde.half_log_snr(s0), jnp.full((batch,), h_init, dtype),
+        jnp.zeros((batch,), bool), jnp.asarray(0), grids.trajectory_init(save_at, x),
+    )  # fmt: skip
+    out = jax.lax.while_loop(lambda st: jnp.any(~st.done) & (st.it < max_steps), body, init)
+    return _where(out.done, out.x, jnp.full_like(x, jnp.nan)), order * out.it, out.traj
+
+
+class _State(NamedTuple):
+    """The while loop's state: per example, the state x at time s (lambda lam_s) with the
+    low-order solution x_prev of its last accepted step, the next step h, and done."""
+
+    x: Array
+    x_prev: Array
+    s: Array
+    lam_s: Array
+    h: Array
+    done: Array
+    it: Array
+    traj: Array
+
+
+def _attempt(sde, model, prediction, order, x, s, t):
+    """(x_low, x_high) of a step s -> t: DPM-Solver-1 and -2, or -2 (r1 = 1/3) and -3."""
+    m_s = model(x, s)
+    if order == 2:
+        x_low = dpm.first_update(sde, prediction, x, s, t, m_s)
+        return x_low, dpm.second_update(sde, model, prediction, x, s, t, m_s, r1=0.5)[0]
+    x_low, m_s1 = dpm.second_update(sde, model, prediction, x, s, t, m_s, r1=1 / 3)
+    return x_low, dpm.third_update(sde, model, prediction, x, s, t, m_s, m_s1)

@@ -28,18 +28,9 @@ def grid(sde: SDE, *, eps: float | None = None) -> Array:
 
 
 def integrate(
-    rng: Array,
-    sde: SDE,
-    score_fn,
-    x: Array,
-    ts: Array,
-    *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    denoise: bool = True,
-    solver: str = "tsit5",
-    save_at: tuple = (),
-) -> tuple[Array, Array, Array]:
+    rng, sde: SDE, score_fn, x: Array, ts: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
+    denoise: bool = True, solver: str = "tsit5", save_at: tuple = (),
+) -> tuple[Array, Array, Array]:  # fmt: skip
     """The probability-flow ODE (Song et al. 2021, Eq. 13) from x at ts[0] to ts[-1].
 
     Each example gets its own adaptive steps (diffrax ``solver`` "tsit5" or "dopri5" with a PID
