@@ -66,16 +66,11 @@ def _reduce(v: Array, reduce_mean: bool) -> Array:
 
 
 def continuous_dsm_losses(
-    sde: SDE,
-    model_fn: ModelFn,
-    *,
-    parameterization: str = "score",
-    likelihood_weighting: bool = False,
-    importance_sampling: bool = False,
-    reduce_mean: bool = False,
-    eps: float = 1e-5,
-) -> LossFn:
-    """Per-example denoising score matching losses (Song et al. 2021, Eq. 7): [B]."""
+    sde: SDE, model_fn: ModelFn, parameterization: str, likelihood_weighting: bool,
+    importance_sampling: bool, reduce_mean: bool, eps: float,
+) -> LossFn:  # fmt: skip
+    """Per-example denoising score matching losses (Song et al. 2021, Eq. 7): [B]; the options
+    are ``get_loss_fn``'s."""
 
     def losses(rng: Array, params: Any, x: Array, y: Array | None = None) -> Array:
         t_rng, z_rng, model_rng = jax.random.split(rng, 3)
@@ -181,14 +176,9 @@ def get_loss_fn(
         losses = classifier_losses(sde, model_fn, eps=eps)
     elif continuous:
         losses = continuous_dsm_losses(
-            sde,
-            model_fn,
-            parameterization=parameterization,
-            likelihood_weighting=likelihood_weighting,
-            importance_sampling=importance_sampling,
-            reduce_mean=reduce_mean,
-            eps=eps,
-        )
+            sde, model_fn, parameterization, likelihood_weighting, importance_sampling,
+            reduce_mean, eps,
+        )  # fmt: skip
     else:
         if likelihood_weighting:
             raise ValueError(

@@ -71,3 +71,19 @@ def test_uniform_dequantization_noises_each_pixel_within_its_level(dequantize):
         assert abs(u.mean() - 0.5) < 0.02 and abs(u.var() - 1 / 12) < 0.01
     else:
         np.testing.assert_allclose(u, levels / 255, atol=1e-4)  # 256 k/255 - k = k/255
+
+
+def test_a_model_build_error_names_the_config_field(monkeypatch):
+    """The model's own ValueError at start-up comes back under config.model, not as a
+    traceback from inside the constructor."""
+    from score_sde import models
+    from score_sde.jobs.config import ConfigError
+
+    cfg = from_config_dict(config_dict("toy/ring8_vp.py", {"model.width": 8}), device_count=1)
+
+    def refuses(**options):
+        raise ValueError(f"width={options['width']}: too narrow")
+
+    monkeypatch.setitem(models.MODELS, cfg.model.name, refuses)
+    with pytest.raises(ConfigError, match=r"^config\.model \(name='mlp'\): width=8: too narrow"):
+        experiment_lib.Experiment.create(cfg)

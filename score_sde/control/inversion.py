@@ -16,7 +16,10 @@ def _check_deterministic(options):
         raise ValueError(f"{noisy}: inversion needs a deterministic solver; set them to 0.")
 
 
-def _ode_solve(sde, score_fn, x, forward, *, solver, n_steps, eps, **options):
+def _ode_solve(
+    sde: SDE, score_fn, x, forward: bool, *, solver: str, n_steps: int, eps: float | None,
+    **options,
+):  # fmt: skip
     """The deterministic solve from eps to T (``forward``) or from T to eps; returns (x, nfe)."""
     _check_deterministic(options)
     eps = sde.sampling_eps if eps is None else eps
@@ -27,31 +30,14 @@ def _ode_solve(sde, score_fn, x, forward, *, solver, n_steps, eps, **options):
     )  # fmt: skip
 
 
-def encode(
-    sde: SDE,
-    score_fn,
-    data,
-    *,
-    solver: str = "dpm_solver",
-    n_steps: int = 20,
-    eps: float | None = None,
-    **options,
-):
-    """The latent at T of ``data`` at eps (default sampling_eps); returns (latent, nfe)."""
+def encode(sde: SDE, score_fn, data, *, solver="dpm_solver", n_steps=20, eps=None, **options):
+    """The latent at T of ``data`` at eps (default sampling_eps) by ``solver`` in ``n_steps``
+    (its other options as keywords); returns (latent, nfe)."""
     return _ode_solve(sde, score_fn, data, True, solver=solver, n_steps=n_steps, eps=eps, **options)
 
 
-def decode(
-    sde: SDE,
-    score_fn,
-    latent,
-    *,
-    solver: str = "dpm_solver",
-    n_steps: int = 20,
-    eps: float | None = None,
-    **options,
-):
-    """Data at eps from a latent at T; returns (data, nfe)."""
+def decode(sde: SDE, score_fn, latent, *, solver="dpm_solver", n_steps=20, eps=None, **options):
+    """Data at eps from a latent at T, the inverse of ``encode``; returns (data, nfe)."""
     return _ode_solve(
         sde, score_fn, latent, False, solver=solver, n_steps=n_steps, eps=eps, **options
     )

@@ -61,14 +61,9 @@ class InceptionA(nnx.Module):
     """Mixed_5b/c/d: 1x1, 5x5, double 3x3 and pooled towers (FIDInceptionA)."""
 
     LAYERS = (
-        "branch1x1",
-        "branch5x5_1",
-        "branch5x5_2",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3",
-        "branch_pool",
-    )
+        "branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2",
+        "branch3x3dbl_3", "branch_pool",
+    )  # fmt: skip
 
     def __init__(self, cin: int, pool_features: int, *, rngs: nnx.Rngs):
         self.branch1x1 = BasicConv2d(cin, 64, 1, rngs=rngs)
@@ -106,17 +101,9 @@ class InceptionC(nnx.Module):
     """Mixed_6b..e: factorised 7x7 towers (FIDInceptionC)."""
 
     LAYERS = (
-        "branch1x1",
-        "branch7x7_1",
-        "branch7x7_2",
-        "branch7x7_3",
-        "branch7x7dbl_1",
-        "branch7x7dbl_2",
-        "branch7x7dbl_3",
-        "branch7x7dbl_4",
-        "branch7x7dbl_5",
-        "branch_pool",
-    )
+        "branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3", "branch7x7dbl_1",
+        "branch7x7dbl_2", "branch7x7dbl_3", "branch7x7dbl_4", "branch7x7dbl_5", "branch_pool",
+    )  # fmt: skip
 
     def __init__(self, cin: int, c7: int, *, rngs: nnx.Rngs):
         self.branch1x1 = BasicConv2d(cin, 192, 1, rngs=rngs)
@@ -149,13 +136,9 @@ class InceptionD(nnx.Module):
     """Mixed_7a: grid reduction 17 -> 8."""
 
     LAYERS = (
-        "branch3x3_1",
-        "branch3x3_2",
-        "branch7x7x3_1",
-        "branch7x7x3_2",
-        "branch7x7x3_3",
+        "branch3x3_1", "branch3x3_2", "branch7x7x3_1", "branch7x7x3_2", "branch7x7x3_3",
         "branch7x7x3_4",
-    )
+    )  # fmt: skip
 
     def __init__(self, cin: int, *, rngs: nnx.Rngs):
         self.branch3x3_1 = BasicConv2d(cin, 192, 1, rngs=rngs)
@@ -177,16 +160,9 @@ class InceptionE(nnx.Module):
     """Mixed_7b (``pool="avg"``, FIDInceptionE_1) and Mixed_7c (``pool="max"``, E_2)."""
 
     LAYERS = (
-        "branch1x1",
-        "branch3x3_1",
-        "branch3x3_2a",
-        "branch3x3_2b",
-        "branch3x3dbl_1",
-        "branch3x3dbl_2",
-        "branch3x3dbl_3a",
-        "branch3x3dbl_3b",
-        "branch_pool",
-    )
+        "branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1",
+        "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool",
+    )  # fmt: skip
 
     def __init__(self, cin: int, pool: str, *, rngs: nnx.Rngs):
         self.pool = pool
@@ -220,23 +196,10 @@ class InceptionV3(nnx.Module):
     [N, 1008] or None when built with ``logits=False``)."""
 
     LAYERS = (
-        "Conv2d_1a_3x3",
-        "Conv2d_2a_3x3",
-        "Conv2d_2b_3x3",
-        "Conv2d_3b_1x1",
-        "Conv2d_4a_3x3",
-        "Mixed_5b",
-        "Mixed_5c",
-        "Mixed_5d",
-        "Mixed_6a",
-        "Mixed_6b",
-        "Mixed_6c",
-        "Mixed_6d",
-        "Mixed_6e",
-        "Mixed_7a",
-        "Mixed_7b",
-        "Mixed_7c",
-    )
+        "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+        "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+        "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+    )  # fmt: skip
 
     def __init__(self, *, logits: bool = True, rngs: nnx.Rngs):
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2, rngs=rngs)

@@ -116,7 +116,12 @@ class Experiment:
                 f"config.model.num_classes={wanted}, but data set {d.dataset!r} has "
                 f"{num_classes or 'no'} classes: set config.model.num_classes={num_classes}."
             )
-        graphdef, params, rest = init_model(cfg.model.name, cfg.seed, **model_kwargs(cfg, shape))
+        try:  # the model's own checks, named by the config path
+            graphdef, params, rest = init_model(
+                cfg.model.name, cfg.seed, **model_kwargs(cfg, shape)
+            )
+        except ValueError as err:
+            raise ConfigError(f"config.model (name={cfg.model.name!r}): {err}") from None
         return cls(cfg, make_sde(cfg), graphdef, params, rest, tuple(shape), num_classes)
 
     @property

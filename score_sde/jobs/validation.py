@@ -1,9 +1,10 @@
 """Validation of an ``ExperimentConfig``: every rule names the field it checks and the fix.
 
 Names are checked against the dicts that define them (SDEs, samplers, data sets, models, ...),
-ranges by ``config.RANGES``, and the cross-field rules (device count, U-Net levels, the
-discrete loss's chain) below. The SDE and the sampler are validated by building them: their
-own ``ValueError`` is re-raised with the config path.
+ranges by ``config.RANGES``, and the cross-field rules (device count, labels) below. The SDE,
+the training loss, the sampler (traced) and the U-Net's geometry are validated by building
+them: their own ``ValueError`` is re-raised with the config path. The whole model is built at
+start-up (``Experiment.create``), its errors likewise under ``config.model``.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def validate(exp: ExperimentConfig, device_count: int) -> None:
     sde = build_sde(exp)
     _validate_sampler(exp, sde)
     _validate_model_inputs(exp)
-    _validate_labels(exp, exp.model.name in models.CLASSIFIERS)
-    _validate_discrete_loss(exp)
+    classifier = exp.model.name in models.CLASSIFIERS
+    _validate_labels(exp, classifier)
+    _validate_loss(exp, sde, classifier)
 
 
 def _validate_names(exp: ExperimentConfig) -> None:
@@ -106,16 +108,6 @@ def _validate_numbers(exp: ExperimentConfig, device_count: int) -> None:
             f"config.training.n_jitted_steps={training.n_jitted_steps} (steps run in chunks of "
             "it).",
         )
-    require(
-        not training.importance_sampling or training.likelihood_weighting,
-        "config.training.importance_sampling=True samples t for the likelihood weighting: "
-        "set config.training.likelihood_weighting=True too.",
-    )
-    require(
-        training.continuous or not training.likelihood_weighting,
-        "config.training.likelihood_weighting=True needs config.training.continuous=True "
-        "(the discrete DDPM/SMLD losses have fixed weights).",
-    )
     require(
         exp.eval.end_ckpt == -1 or exp.eval.end_ckpt >= exp.eval.begin_ckpt,
         f"config.eval.end_ckpt={exp.eval.end_ckpt} must be >= config.eval.begin_ckpt="
@@ -248,15 +240,26 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
         )
 
 
-def _validate_discrete_loss(exp: ExperimentConfig) -> None:
-    """The discrete loss needs a discrete chain with known marginals (DDPM or SMLD)."""
-    if exp.training.continuous:
-        return
+def _validate_loss(exp: ExperimentConfig, sde: SDE, classifier: bool) -> None:
+    """Build the training loss (with a stand-in model): its errors under the config path."""
+    from score_sde import losses
+
+    tc = exp.training
     try:
-        make_sde(exp).discrete_marginal()
+        losses.get_loss_fn(
+            sde, _standard_normal_score, parameterization=exp.model.parameterization,
+            continuous=tc.continuous, likelihood_weighting=tc.likelihood_weighting,
+            importance_sampling=tc.importance_sampling, reduce_mean=tc.reduce_mean, eps=tc.eps,
+            classifier=classifier,
+        )  # fmt: skip
     except ValueError as err:
+        name = re.match(r"(\w+)=", str(err))
+        for section in ("training", "model"):
+            if name and hasattr(getattr(exp, section), name[1]):
+                raise ConfigError(f"config.{section}.{err}") from None
         raise ConfigError(
-            f"config.training.continuous=False with config.sde.name={exp.sde.name!r}: {err}"
+            f"config.training.continuous={tc.continuous} with config.sde.name="
+            f"{exp.sde.name!r}: {err}"
         ) from None
 
 

@@ -13,6 +13,11 @@ import dataclasses
 import os
 
 
+def _under(*parts: str) -> property:
+    """The path ``root/parts...`` as a read-only attribute."""
+    return property(lambda self: os.path.join(self.root, *parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Workdir:
     """The paths of the workdir at ``root`` (made absolute)."""
@@ -22,30 +27,10 @@ class Workdir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", os.path.abspath(self.root))
 
-    @property
-    def checkpoints(self) -> str:
-        return os.path.join(self.root, "checkpoints")
-
-    @property
-    def metrics(self) -> str:
-        return os.path.join(self.root, "metrics.jsonl")
-
-    @property
-    def tensorboard(self) -> str:
-        return os.path.join(self.root, "tensorboard")
-
-    @property
-    def samples(self) -> str:
-        return os.path.join(self.root, "samples")
-
-    @property
-    def eval(self) -> str:
-        return os.path.join(self.root, "eval")
-
-    @property
-    def report(self) -> str:
-        return os.path.join(self.eval, "report.json")
-
-    @property
-    def eval_tensorboard(self) -> str:
-        return os.path.join(self.eval, "tensorboard")
+    checkpoints = _under("checkpoints")
+    metrics = _under("metrics.jsonl")
+    tensorboard = _under("tensorboard")
+    samples = _under("samples")
+    eval = _under("eval")
+    report = _under("eval", "report.json")
+    eval_tensorboard = _under("eval", "tensorboard")

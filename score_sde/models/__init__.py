@@ -17,6 +17,7 @@ optimiser and the EMA see ``params`` alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -26,9 +27,9 @@ from flax import nnx
 from score_sde.models import ddpm
 from score_sde.models.classifier import Classifier
 from score_sde.models.ddpm import DDPM
-from score_sde.models.embeddings import FourierWeights
-from score_sde.models.mlp import MLP, MLPClassifier
-from score_sde.models.ncsnpp import NCSNpp
+from score_sde.models.embeddings import FourierWeights, NetworkOptions
+from score_sde.models.mlp import MLP, MLPClassifier, MLPOptions
+from score_sde.models.ncsnpp import NCSNpp, NCSNppOptions, UNetOptions
 
 __all__ = [
     "CLASSIFIERS",
@@ -39,8 +40,12 @@ __all__ = [
     "FourierWeights",
     "MLP",
     "MLPClassifier",
+    "MLPOptions",
     "NCSNpp",
+    "NCSNppOptions",
+    "NetworkOptions",
     "OPTIONS",
+    "UNetOptions",
     "apply",
     "count_params",
     "create",
@@ -55,26 +60,19 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "mlp_classifier": MLPClassifier,
 }
 
-# The keyword options of each model's constructor (``rngs`` aside): what ``create`` accepts and
-# what a config's model section can set.
-_PRECISION = ("dtype", "param_dtype")
-_CONDITIONING = ("embedding_type", "fourier_scale", "time_scale", "init_scale")
-_LABELS = ("scale_by_sigma", "num_classes", "null_label")
-_MLP = ("dim", "width", "num_blocks", "nf", "dropout", *_CONDITIONING)
-_UNET_BODY = (
-    "image_size", "in_channels", "nf", "ch_mult", "num_res_blocks", "attn_resolutions",
-    "dropout", "resblock_type", "resamp_with_conv", "fir", "fir_kernel", "skip_rescale",
-)  # fmt: skip
-_NCSNPP = (
-    *_UNET_BODY, "progressive", "progressive_input", "progressive_combine", *_CONDITIONING,
-    *_LABELS, "attn_each_decoder_block", *_PRECISION,
-)  # fmt: skip
+
+def _fields(options: type, *, without: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(options) if f.name not in without)
+
+
+# The keyword options of each model's constructor (``rngs`` aside), declared by its options
+# dataclass: what ``create`` accepts and what a config's model section can set.
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "mlp": (*_MLP, *_LABELS, "outputs", *_PRECISION),
-    "ncsnpp": _NCSNPP,
-    "ddpm": tuple(o for o in _NCSNPP if o not in ddpm.SETTINGS),
-    "classifier": (*_UNET_BODY, *_CONDITIONING, "num_classes", *_PRECISION),
-    "mlp_classifier": (*_MLP, "num_classes", "scale_by_sigma", *_PRECISION),
+    "mlp": _fields(MLPOptions),
+    "ncsnpp": _fields(NCSNppOptions),
+    "ddpm": _fields(NCSNppOptions, without=tuple(ddpm.SETTINGS)),
+    "classifier": _fields(UNetOptions, without=("null_label", "scale_by_sigma")),
+    "mlp_classifier": _fields(MLPOptions, without=("null_label", "outputs")),
 }
 
 # Models that output class logits [B, num_classes] (trained by cross-entropy, not score matching).

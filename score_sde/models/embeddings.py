@@ -8,7 +8,9 @@ frequencies are fixed random numbers: they are stored as :class:`FourierWeights`
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -110,3 +112,33 @@ class Conditioning(nnx.Module):
                 )
             y = jnp.full(t.shape, self.num_classes, jnp.int32)
         return temb + self.label(y)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NetworkOptions:
+    """The options every network here takes: its width ``nf``, dropout, the conditioning on t
+    or sigma (and on labels y when ``num_classes``), the last layers' init scale, the output
+    divided by sigma (``scale_by_sigma``) and the compute and parameter dtypes."""
+
+    nf: int = 32
+    dropout: float = 0.0
+    embedding_type: str = "positional"
+    fourier_scale: float = 16.0
+    time_scale: float = 999.0
+    init_scale: float = 0.0
+    scale_by_sigma: bool = False
+    num_classes: int | None = None
+    null_label: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @property
+    def precision(self) -> layers.Precision:
+        return layers.Precision(self.dtype, self.param_dtype)
+
+    def conditioning(self, rngs: nnx.Rngs) -> Conditioning:
+        return Conditioning(
+            self.nf, self.precision, rngs, embedding_type=self.embedding_type,
+            fourier_scale=self.fourier_scale, time_scale=self.time_scale,
+            num_classes=self.num_classes, null_label=self.null_label,
+        )  # fmt: skip

@@ -3,12 +3,14 @@ score model and as a noise-conditional classifier."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from score_sde.models import layers
-from score_sde.models.embeddings import Conditioning
+from score_sde.models.embeddings import NetworkOptions
 
 Array = jax.Array
 
@@ -28,54 +30,39 @@ class ResidualMLPBlock(nnx.Module):
         return h + self.dense1(z)
 
 
-class MLP(layers.ScoreNetwork):
-    """Score model for x: [B, dim]; conditioning as in NCSN++ (999 t or log sigma)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MLPOptions(NetworkOptions):
+    """The MLP's options: the data's dimension, the hidden width, the number of residual
+    blocks and the output size (default ``dim``), with every network's options."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        width: int = 256,
-        num_blocks: int = 3,
-        nf: int = 32,
-        dropout: float = 0.0,
-        embedding_type: str = "positional",
-        fourier_scale: float = 16.0,
-        time_scale: float = 999.0,
-        init_scale: float = 0.0,
-        scale_by_sigma: bool = False,
-        num_classes: int | None = None,
-        null_label: bool = False,
-        outputs: int | None = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        if dim < 1 or width < 1 or num_blocks < 0:
+    dim: int
+    width: int = 256
+    num_blocks: int = 3
+    outputs: int | None = None
+
+
+class MLP(layers.ScoreNetwork):
+    """Score model for x: [B, dim]; conditioning as in NCSN++ (999 t or log sigma). Its
+    keyword options are :class:`MLPOptions`'s."""
+
+    def __init__(self, *, rngs: nnx.Rngs, **options):
+        o = MLPOptions(**options)
+        if o.dim < 1 or o.width < 1 or o.num_blocks < 0:
             raise ValueError(
                 f"MLP: need dim >= 1, width >= 1, num_blocks >= 0; got "
-                f"dim={dim}, width={width}, num_blocks={num_blocks}."
+                f"dim={o.dim}, width={o.width}, num_blocks={o.num_blocks}."
             )
-        prec = layers.Precision(dtype, param_dtype)
-        self.embed = Conditioning(
-            nf,
-            prec,
-            rngs,
-            embedding_type=embedding_type,
-            fourier_scale=fourier_scale,
-            time_scale=time_scale,
-            num_classes=num_classes,
-            null_label=null_label,
-        )
-        self.dense_in = layers.dense(dim, width, prec, rngs)
+        prec, width = o.precision, o.width
+        self.embed = o.conditioning(rngs)
+        self.dense_in = layers.dense(o.dim, width, prec, rngs)
         self.blocks = nnx.List(
             ResidualMLPBlock(
-                width, self.embed.dim, prec, rngs, dropout=dropout, init_scale=init_scale
+                width, self.embed.dim, prec, rngs, dropout=o.dropout, init_scale=o.init_scale
             )
-            for _ in range(num_blocks)
+            for _ in range(o.num_blocks)
         )
-        self.dense_out = layers.dense(width, outputs or dim, prec, rngs, init_scale)
-        self.scale_by_sigma, self.dtype, self.has_dropout = scale_by_sigma, dtype, dropout > 0
+        self.dense_out = layers.dense(width, o.outputs or o.dim, prec, rngs, o.init_scale)
+        self.scale_by_sigma, self.dtype, self.has_dropout = o.scale_by_sigma, o.dtype, o.dropout > 0
 
     def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
         h = self.dense_in(x)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from score_sde.models import layers, up_down
-from score_sde.models.embeddings import Conditioning
+from score_sde.models.embeddings import NetworkOptions
 
 Array = jax.Array
 RESBLOCKS = ("ddpm", "biggan")
@@ -261,63 +261,69 @@ class Decoder(nnx.Module):
         return self.head(h) if self.head is not None else pyramid
 
 
-class NCSNpp(layers.ScoreNetwork):
-    """The NCSN++ / DDPM++ score network (defaults: DDPM++ cont., CIFAR-10 without image size)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UNetOptions(NetworkOptions):
+    """The U-Net's options, shared by NCSN++ and the classifier: its shape (``Geometry``) and
+    its blocks' settings, with every network's options (defaults: DDPM++ cont., CIFAR-10)."""
 
-    def __init__(
-        self,
-        *,
-        image_size: int,
-        in_channels: int = 3,
-        nf: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 2, 2),
-        num_res_blocks: int = 4,
-        attn_resolutions: Sequence[int] = (16,),
-        dropout: float = 0.1,
-        resblock_type: str = "biggan",
-        resamp_with_conv: bool = True,
-        fir: bool = False,
-        fir_kernel: Sequence[int] = (1, 3, 3, 1),
-        skip_rescale: bool = True,
-        progressive: str = "none",
-        progressive_input: str = "none",
-        progressive_combine: str = "sum",
-        embedding_type: str = "positional",
-        fourier_scale: float = 16.0,
-        time_scale: float = 999.0,
-        init_scale: float = 0.0,
-        scale_by_sigma: bool = False,
-        num_classes: int | None = None,
-        null_label: bool = False,
-        attn_each_decoder_block: bool = False,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        g = Geometry(
-            image_size, in_channels, nf, tuple(ch_mult), num_res_blocks, tuple(attn_resolutions),
-            resamp_with_conv,
+    image_size: int
+    in_channels: int = 3
+    nf: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    resblock_type: str = "biggan"
+    resamp_with_conv: bool = True
+    fir: bool = False
+    fir_kernel: Sequence[int] = (1, 3, 3, 1)
+    skip_rescale: bool = True
+
+    def geometry(self) -> Geometry:
+        return Geometry(
+            self.image_size, self.in_channels, self.nf, tuple(self.ch_mult),
+            self.num_res_blocks, tuple(self.attn_resolutions), self.resamp_with_conv,
         )  # fmt: skip
-        prec = layers.Precision(dtype, param_dtype)
-        self.embed = Conditioning(
-            nf, prec, rngs, embedding_type=embedding_type, fourier_scale=fourier_scale,
-            time_scale=time_scale, num_classes=num_classes, null_label=null_label,
+
+    def blocks(self, rngs: nnx.Rngs, temb_dim: int) -> Blocks:
+        return Blocks(
+            self.precision, rngs, temb_dim=temb_dim, resblock_type=self.resblock_type,
+            dropout=self.dropout, fir=self.fir, fir_kernel=self.fir_kernel,
+            skip_rescale=self.skip_rescale, init_scale=self.init_scale,
         )  # fmt: skip
-        blocks = Blocks(
-            prec, rngs, temb_dim=self.embed.dim, resblock_type=resblock_type, dropout=dropout,
-            fir=fir, fir_kernel=fir_kernel, skip_rescale=skip_rescale, init_scale=init_scale,
-        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NCSNppOptions(UNetOptions):
+    """NCSN++'s options: the U-Net's, the progressive input and output pyramids, and attention
+    after every decoder block (Ho et al.) instead of once per level (Song et al.)."""
+
+    progressive: str = "none"
+    progressive_input: str = "none"
+    progressive_combine: str = "sum"
+    attn_each_decoder_block: bool = False
+
+
+class NCSNpp(layers.ScoreNetwork):
+    """The NCSN++ / DDPM++ score network; its keyword options are :class:`NCSNppOptions`'s."""
+
+    def __init__(self, *, rngs: nnx.Rngs, **options):
+        o = NCSNppOptions(**options)
+        g = o.geometry()
+        self.embed = o.conditioning(rngs)
+        blocks = o.blocks(rngs, self.embed.dim)
         self.encoder = Encoder(
-            blocks, g, progressive_input=progressive_input, progressive_combine=progressive_combine
-        )
+            blocks, g, progressive_input=o.progressive_input,
+            progressive_combine=o.progressive_combine,
+        )  # fmt: skip
         ch = self.encoder.channels[-1]
         self.mid = nnx.List([blocks.res(ch), blocks.attn(ch), blocks.res(ch)])
         self.decoder = Decoder(
-            blocks, self.encoder.channels, g, progressive=progressive,
-            attn_each_decoder_block=attn_each_decoder_block,
+            blocks, self.encoder.channels, g, progressive=o.progressive,
+            attn_each_decoder_block=o.attn_each_decoder_block,
         )  # fmt: skip
-        self.scale_by_sigma, self.dtype = scale_by_sigma, dtype
-        self.has_dropout = dropout > 0
+        self.scale_by_sigma, self.dtype = o.scale_by_sigma, o.dtype
+        self.has_dropout = o.dropout > 0
 
     def body(self, x: Array, temb: Array, *, train: bool, rngs) -> Array:
         hs = self.encoder(x, temb, train=train, rngs=rngs)
