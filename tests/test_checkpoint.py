@@ -1,5 +1,5 @@
-"""Checkpoints: exact resume after SIGKILL and SIGTERM (bitwise on CPU, data position included),
-and a clear error when a checkpoint does not fit the model."""
+"""Checkpoints: exact resume after SIGKILL, SIGINT and SIGTERM (bitwise on CPU, data position
+included), and a clear error when a checkpoint does not fit the model."""
 
 import logging
 import os
@@ -35,43 +35,58 @@ def _read(path):
         return f.read()
 
 
-KILL_SCRIPT = textwrap.dedent(
+SIGNAL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
-    from helpers import tiny_toy_config
-    from score_sde.jobs import runlog, train
+    from helpers import TINY_TOY, config_dict
+    from score_sde.jobs import main, runlog
 
     workdir = {workdir!r}
-    progress = runlog.RunLog.progress
+    scalars = runlog.RunLog.scalars
 
-    def progress_then_kill(self, step, **kw):
-        progress(self, step, **kw)
-        if step == 15:  # steps 16-20 are running; checkpoint 10 is written, 20 is not
+    def scalars_then_signal(self, step, metrics):
+        scalars(self, step, metrics)
+        if step == 15 and "loss" in metrics:  # logged past checkpoint 10; 20 is not written
             while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
                 time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), {signum})
 
-    runlog.RunLog.progress = progress_then_kill
-    train.Trainer(tiny_toy_config(**{resume!r})).run(workdir, progress=False)
+    runlog.RunLog.scalars = scalars_then_signal
+    config = config_dict("toy/ring8_vp.py", {{**TINY_TOY, **{resume!r}}})
+    sys.exit(main.run_job(config, workdir, progress=False))
     """
 )
 
 
-def test_resume_after_sigkill_then_sigterm_is_bitwise_equal(tmp_path, monkeypatch, capsys):
+def _run_until_signal(workdir: str, signum: int) -> subprocess.CompletedProcess:
+    script = SIGNAL_SCRIPT.format(tests=TESTS, workdir=workdir, resume=RESUME, signum=signum)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+def test_resume_after_sigkill_sigint_and_sigterm_is_bitwise_equal(tmp_path, monkeypatch, capsys):
     trainer = train_lib.Trainer(tiny_toy_config(**RESUME))  # compiled once, run three times
     ref_dir, dir_ = str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")
     trainer.run(ref_dir, progress=False)
+    steps = lambda: ckpt_lib.Checkpointer(Workdir(dir_).checkpoints, read_only=True).all_steps()
 
     # 1. A hard kill (no handler can run) in the middle of training, after checkpoint 10.
-    script = KILL_SCRIPT.format(tests=TESTS, workdir=dir_, resume=RESUME)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    proc = _run_until_signal(dir_, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert ckpt_lib.Checkpointer(os.path.join(dir_, "checkpoints"), read_only=True).all_steps() == [
-        10
-    ]
+    assert steps() == [10]
+    assert '"step": 15, "loss"' in _read(Workdir(dir_).metrics)  # the resume must drop it
 
-    # 2. Resume; SIGTERM arrives at step 25: the run saves at the next boundary and returns.
+    # 2. Resume; SIGINT (Ctrl-C) after step 15: the job saves step 20, logs it and exits 130
+    # with one line, no KeyboardInterrupt traceback.
+    proc = _run_until_signal(dir_, signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Interrupted (SIGINT): saved step 20; run again to resume."
+    )
+    assert "Traceback" not in proc.stderr and steps() == [10, 20]
+    assert '"step": 20, "loss"' in _read(Workdir(dir_).metrics)
+
+    # 3. Resume; SIGTERM arrives at step 25: the run saves at the next boundary and stops.
     progress = runlog.RunLog.progress
 
     def progress_then_term(self, step, **kw):
@@ -80,13 +95,13 @@ def test_resume_after_sigkill_then_sigterm_is_bitwise_equal(tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(runlog.RunLog, "progress", progress_then_term)
-    state = trainer.run(dir_, progress=False)
-    assert int(state.step) == 30
-    out = capsys.readouterr().out
-    assert "Resumed from step 10" in out and "Preempted (SIGTERM): saved step 30" in out
+    with pytest.raises(ckpt_lib.Interrupted, match=r"SIGTERM\): saved step 30") as info:
+        trainer.run(dir_, progress=False)
+    assert (info.value.step, info.value.exit_code) == (30, 143)
+    assert "Resumed from step 20" in capsys.readouterr().out
     monkeypatch.undo()
 
-    # 3. Resume to the end: bitwise equal to the uninterrupted run, logs included.
+    # 4. Resume to the end: bitwise equal to the uninterrupted run, logs included.
     trainer.run(dir_, progress=False)
     assert "Resumed from step 30" in capsys.readouterr().out
     (ref, ref_step), (got, got_step) = _final_state(trainer, ref_dir), _final_state(trainer, dir_)

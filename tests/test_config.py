@@ -463,3 +463,19 @@ def test_make_sde_takes_the_sde_fields():
     sde = config_lib.make_sde(exp)
     assert (sde.sigma_min, sde.sigma_max, sde.N) == (0.01, 7.0, 12)
     assert float(sde.marginal_std(1.0)) == pytest.approx(7.0, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("optim.lr", float("inf")),
+        ("model.ema_rate", float("nan")),
+        ("sde.beta_max", float("inf")),
+        ("training.max_loss_ratio", float("inf")),
+        ("sampling.options", {"eta": float("-inf")}),
+    ],
+)
+def test_non_finite_numbers_are_rejected_at_start_up(field, value):
+    """lr=inf passed the "> 0" range check and trained to nothing with exit 0."""
+    shown = f"config.{field}.eta=-inf" if isinstance(value, dict) else f"config.{field}={value}"
+    _fails(_digits(**{field: value}), shown, "must be a finite number")

@@ -42,6 +42,14 @@ EIGHT_DEVICES = textwrap.dedent(
     from score_sde.jobs import train
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_toy_config(**{overrides!r})
+    put_batches, rows = train.put_batches, []
+
+    def recording(batches, mesh):  # the rows of a batch each device holds
+        placed = put_batches(batches, mesh)
+        rows.append({{s.data.shape[1] for s in placed["x"].addressable_shards}})
+        return placed
+
+    train.put_batches = recording
     out = {{}}
     for n in (8, 1):
         mesh = sharding.make_mesh(jax.devices()[:n])
@@ -50,7 +58,9 @@ EIGHT_DEVICES = textwrap.dedent(
         out[n] = dict(
             shards=len(jax.tree.leaves(w)[0].sharding.device_set),
             params=[np.asarray(a).tolist() for a in jax.tree.leaves(w)],
+            rows=sorted(set.union(*rows)),
         )
+        rows.clear()
     print("RESULT" + json.dumps(out))
     """
 )
@@ -65,6 +75,8 @@ def test_eight_devices_match_one_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT")[-1])
     assert out["8"]["shards"] == 8 and out["1"]["shards"] == 1
+    batch = TINY_TOY["training.batch_size"]  # split over the devices, not replicated on each
+    assert out["8"]["rows"] == [batch // 8] and out["1"]["rows"] == [batch]
     one, eight = _losses(str(tmp_path / "1")), _losses(str(tmp_path / "8"))
     assert sorted(one) == sorted(eight) and len(one) == 6  # 4 train + 2 eval losses
     for key in one:

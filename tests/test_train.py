@@ -2,6 +2,7 @@
 single steps, bf16 compute; and the job's stop after a non-finite streak."""
 
 import dataclasses
+import os
 
 import chex
 import jax
@@ -154,6 +155,24 @@ def test_nonfinite_step_is_skipped_and_counted():
     assert not np.array_equal(np.asarray(state.params["w"]), before.params["w"])
 
 
+def test_a_step_whose_gradient_norm_overflows_is_skipped():
+    """loss = <w, x> at w = 0 is finite and so is each gradient element (x = 3e38), but the
+    global norm overflows to inf: the step is skipped, as clipping by an infinite norm would
+    corrupt the update."""
+    optimizer = train_lib.make_optimizer(OptimConfig(lr=LR, warmup=WARMUP, grad_clip=1.0))
+    mesh = sharding.make_mesh()
+    params, rest = {"w": np.zeros(3, np.float32)}, {}
+    state = init_state(0, params, rest, mesh, optimizer)
+    linear = lambda rest: lambda rng, params, x, y: jnp.sum(params["w"] * x)
+    step_fn = train_lib.make_train_step(linear, optimizer, EMA, mesh, _prepare)
+    state, metrics = step_fn(state, _batches([[3e38, 3e38, 3e38]], mesh))
+    assert np.isfinite(np.asarray(metrics["loss"])).all()
+    assert np.isinf(np.asarray(metrics["grad_norm"])).all()
+    np.testing.assert_array_equal(np.asarray(metrics["finite"]), [False])
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), np.zeros(3))
+    assert (int(state.skipped), int(state.bad_steps)) == (1, 1)
+
+
 def test_bf16_compute_keeps_float32_params_and_tracks_float32_loss():
     losses = {}
     for dtype in ("float32", "bfloat16"):
@@ -184,8 +203,34 @@ def test_job_stops_after_nonfinite_streak_and_keeps_last_checkpoint(tmp_path):
         training=dataclasses.replace(cfg.training, n_iters=40, max_bad_steps=3),
         optim=dataclasses.replace(cfg.optim, lr=1e30, warmup=0),
     )
-    with pytest.raises(train_lib.NonFiniteLossError, match="max_bad_steps=3"):
+    with pytest.raises(
+        train_lib.NonFiniteLossError, match="max_bad_steps=3.*last checkpoint, step 10, was"
+    ):
         train_lib.train(bad, str(tmp_path), progress=False)
     assert ckpt.all_steps()[-1] == 10
     again = _host(ckpt.restore(trainer.initial_state())[0])
     jax.tree.map(np.testing.assert_array_equal, again, saved)
+
+
+@pytest.mark.parametrize(
+    "lr, error, needle",
+    [
+        (10.0, train_lib.DivergedError, r"over training\.max_loss_ratio=10000 times"),
+        (1e6, train_lib.NonFiniteLossError, "gradient's norm was NaN/inf for 10"),
+    ],
+)
+def test_a_diverging_run_stops_and_keeps_only_good_checkpoints(tmp_path, lr, error, needle):
+    """With gradient clipping, lr 10 makes the loss explode while finite (1e8 at the second
+    step) and lr 1e6 makes the gradient's norm overflow: both stop the run, the message says
+    which checkpoint is kept, and nothing after the divergence is saved (a checkpoint is due
+    every 5 steps: it is written only after the guard has passed its chunk)."""
+    diverge = {"optim.lr": lr, "optim.grad_clip": 1.0, "optim.warmup": 0, "training.n_iters": 40}
+    with pytest.raises(error, match=f"{needle}.*No checkpoint was written before it"):
+        train_lib.train(tiny_toy_config(**diverge), str(tmp_path / "fresh"), progress=False)
+    assert not os.path.exists(tmp_path / "fresh" / "checkpoints" / "5")
+
+    train_lib.train(tiny_toy_config(**{"training.n_iters": 10}), str(tmp_path), progress=False)
+    with pytest.raises(error, match=f"{needle}.*The last checkpoint, step 10, was written"):
+        train_lib.train(tiny_toy_config(**diverge), str(tmp_path), progress=False)
+    ckpt = ckpt_lib.Checkpointer(Workdir(str(tmp_path)).checkpoints, read_only=True)
+    assert ckpt.all_steps() == [5, 10]

@@ -7,7 +7,7 @@
 
 Saving is asynchronous (the device-to-host copy blocks, the write does not) and keeps the last
 ``max_to_keep`` checkpoints plus every multiple of ``keep_period``. ``Preemption`` turns SIGTERM
-into "save at the next step boundary and exit".
+and SIGINT into "save at the next step boundary and exit" (``Interrupted``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -264,31 +265,46 @@ def _data_item(name: str) -> str:
     return f"{name}_data"
 
 
-class Preemption:
-    """SIGTERM becomes a request to save at the next step boundary and exit cleanly.
+class Interrupted(Exception):
+    """Training stopped on a signal after saving its step: ``exit_code`` is 128 + the signal's
+    number (143 for SIGTERM, 130 for SIGINT), as a shell reports a process it ended."""
 
-    Single process: a signal handler sets a flag. Multi-process: JAX's preemption sync point,
-    so every process agrees on the step at which to stop.
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step, self.exit_code = signum, step, 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"Interrupted ({name}): saved step {step}; run again to resume.")
+
+
+class Preemption:
+    """SIGTERM (and SIGINT) become a request to save at the next step boundary and exit.
+
+    Single process: a signal handler records the signal; a second SIGINT interrupts at once.
+    Multi-process: JAX's preemption sync point for SIGTERM, so every process agrees on the step
+    at which to stop (SIGINT keeps Python's default there).
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
-        self._requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> Preemption:
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        main = threading.current_thread() is threading.main_thread()
+        if jax.process_count() == 1 and main:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
     def _handle(self, signum, frame) -> None:
-        self._requested = True
+        self.signum = signum
+        signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
     def reached(self, step: int) -> bool:
         """True when the run should save ``step`` and exit."""
-        if jax.process_count() == 1:
-            return self._requested
-        return ocp.multihost.reached_preemption(step)
+        if jax.process_count() > 1 and ocp.multihost.reached_preemption(step):
+            self.signum = signal.SIGTERM
+        return self.signum is not None

@@ -63,6 +63,7 @@ class TrainingConfig:
     importance_sampling: bool = False
     eps: float = 1e-5  # smallest training time
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    max_loss_ratio: float = 1e4  # stop on a step loss this many times the running loss (0: off)
     keep_checkpoints: int = 3  # rolling checkpoints kept
     label_dropout: float = 0.0  # classifier-free guidance: P(label dropped)
     compute_dtype: str = "float32"  # "float32" or "bfloat16"; parameters stay float32
@@ -197,7 +198,7 @@ RANGES = {
     ">= 0": (
         lambda v: v >= 0,
         "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip "
-        "sampling.classifier_scale",
+        "sampling.classifier_scale training.max_loss_ratio",
     ),
     "in [0, 1)": (
         lambda v: 0 <= v < 1,

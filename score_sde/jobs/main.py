@@ -8,6 +8,10 @@
 Any config field can be overridden, e.g. ``--config.training.n_iters=2000``. The config is
 validated first: an invalid one stops the job with one line naming the field (exit code 2).
 The console script ``score-sde`` takes the same flags.
+
+Exit codes: 0 done; 1 training diverged (the checkpoints before are kept); 2 a user error (the
+config, the data, a checkpoint that does not fit); 143 stopped by SIGTERM (preemption) and 130
+by SIGINT, in training after saving the step reached: run the same command again to resume.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports it
 
 
 def main(argv) -> int:
@@ -94,14 +99,15 @@ def run_job(
 ) -> int:
     """Validate ``config`` (an ml_collections.ConfigDict) and run ``mode`` in ``workdir``;
     returns the exit code: 0, ``EXIT_CONFIG`` for an invalid config or a checkpoint that does
-    not fit it, ``EXIT_DIVERGED`` when training stopped on a non-finite loss."""
+    not fit it, ``EXIT_DIVERGED`` when training diverged, ``EXIT_SIGTERM`` / ``EXIT_SIGINT``
+    when a signal stopped it (training saves first)."""
     import jax
 
     from score_sde.datasets import DatasetNotPreparedError
-    from score_sde.jobs.checkpoint import CheckpointMismatchError, NoCheckpointError
+    from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
     from score_sde.jobs.config import ConfigError
     from score_sde.jobs.runlog import say
-    from score_sde.jobs.train import NonFiniteLossError
+    from score_sde.jobs.train import DivergedError
     from score_sde.jobs.validation import from_config_dict
 
     try:
@@ -129,9 +135,15 @@ def run_job(
                 cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
             )
             say(f"Wrote {path}")
-    except NonFiniteLossError as err:
+    except DivergedError as err:
         print(str(err), file=sys.stderr)
         return EXIT_DIVERGED
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted (SIGINT).", file=sys.stderr)
+        return EXIT_SIGINT
     except (
         CheckpointMismatchError,
         NoCheckpointError,

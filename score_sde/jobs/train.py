@@ -5,11 +5,11 @@
   the step, the base RNG key and the non-finite-step counters.
 - ``make_train_step`` runs ``training.n_jitted_steps`` optimiser steps per call (one
   ``lax.scan``; on CPU one compiled step called that many times, see ``TrainStep``), donates
-  the state, and skips any step whose loss or gradient is not finite.
+  the state, and skips any step whose loss or gradient norm is not finite.
 - Step ``s`` draws its randomness from ``fold_in(key, s)``: a run is a function of the seed,
   and a resumed run is bitwise equal to an uninterrupted one.
 - ``Trainer`` / ``train`` is the job: data, checkpoints, logs, sample grids, preemption, and
-  the stop after ``training.max_bad_steps`` non-finite steps in a row.
+  the ``Guard`` that stops a diverging run (a non-finite streak or an exploding loss).
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ from score_sde.sharding import make_mesh, put_batches, put_global, replicated
 Array = jax.Array
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss stays NaN/inf for ``training.max_bad_steps`` consecutive steps."""
+class DivergedError(RuntimeError):
+    """Raised when training diverges: the loss explodes (``training.max_loss_ratio``)."""
+
+
+class NonFiniteLossError(DivergedError):
+    """Raised when the loss or the gradient's norm stays NaN/inf for
+    ``training.max_bad_steps`` consecutive steps."""
 
 
 # --- optimiser -------------------------------------------------------------------------------
@@ -69,10 +74,6 @@ def make_optimizer(optim: OptimConfig) -> optax.GradientTransformation:
 LossBuilder = Callable[[Any], Callable]  # rest -> loss_fn(rng, params, x, y) -> scalar
 
 
-def _all_finite(tree) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
-
-
 def ema_decay(ema_rate: float, step: Array, warmup: bool) -> float | Array:
     """The EMA decay of update ``step`` (0-based): ``ema_rate``, or with ``warmup``
     min(ema_rate, (1 + step) / (10 + step)) as TF's ExponentialMovingAverage with num_updates,
@@ -98,14 +99,16 @@ def make_train_step(
     ``batches``, all in one ``lax.scan`` when ``scan`` (default: on every backend but CPU); the
     state is donated. ``prepare_batch(batch, rng) -> (x, y)`` scales the data and draws label
     dropout. ``metrics`` holds per-step ``loss``, ``grad_norm``, ``finite`` and ``bad_steps``
-    [k]. A step with a non-finite loss or gradient leaves params, EMA and optimiser state
+    [k]. A step with a non-finite loss or gradient norm leaves params, EMA and optimiser state
     unchanged and is counted. The EMA decay is ``ema_decay(ema_rate, step, ema_warmup)``."""
 
     def one_step(state: TrainState, batch: dict):
         x, y, loss_key = keyed_batch(prepare_batch, state.rng, "train", state.step, batch)
         loss_fn = loss_builder(state.rest)
         loss, grads = jax.value_and_grad(loss_fn, argnums=1)(loss_key, state.params, x, y)
-        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # The global norm, not each element: finite elements can have an infinite norm.
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(_):
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -128,7 +131,7 @@ def make_train_step(
             bad_steps=bad,
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), finite=finite, bad_steps=bad)
+        metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite, bad_steps=bad)
         return new_state, metrics
 
     def indexed_step(state: TrainState, batches: dict, i: Array):
@@ -176,9 +179,8 @@ def make_eval_loss(loss_builder: LossBuilder, mesh, prepare_batch):
 
 
 # --- the job ---------------------------------------------------------------------------------
-def _chunk_metrics(metrics: dict) -> dict[str, float]:
-    """Host summary of one chunk's per-step metrics."""
-    m = jax.device_get(metrics)
+def _chunk_metrics(m: dict) -> dict[str, float]:
+    """Host summary of one chunk's per-step metrics (host arrays [k])."""
     finite = m["finite"].astype(bool)
     loss = float(np.mean(m["loss"][finite])) if finite.any() else float("nan")
     return dict(
@@ -187,6 +189,48 @@ def _chunk_metrics(metrics: dict) -> dict[str, float]:
         bad_steps=int(m["bad_steps"][-1]),
         nonfinite=int((~finite).sum()),
     )
+
+
+class Guard:
+    """Stops a diverging run: ``training.max_bad_steps`` non-finite steps in a row, or a step
+    whose loss is over ``training.max_loss_ratio`` times the running loss (an average over
+    the steps before it). ``saved``: the step of the last checkpoint written (None: none)."""
+
+    def __init__(self, tc, saved: int | None):
+        self.tc, self.saved, self.running = tc, saved, None
+
+    def check(self, step: int, m: dict) -> None:
+        """Check the chunk ending at ``step`` (host metrics [k])."""
+        tc = self.tc
+        if int(m["bad_steps"].max()) >= tc.max_bad_steps:
+            raise NonFiniteLossError(
+                f"Stopped at step {step}: the loss or the gradient's norm was NaN/inf for "
+                f"{tc.max_bad_steps} consecutive steps (training.max_bad_steps="
+                f"{tc.max_bad_steps}). {self._kept()}"
+            )
+        for loss in m["loss"][m["finite"].astype(bool)].astype(float):
+            if (
+                self.running is not None
+                and tc.max_loss_ratio
+                and loss > tc.max_loss_ratio * (self.running)
+            ):
+                raise DivergedError(
+                    f"Stopped at step {step}: a loss of {loss:.3g} is over training."
+                    f"max_loss_ratio={tc.max_loss_ratio:g} times the running loss "
+                    f"{self.running:.3g}. {self._kept()}"
+                )
+            self.running = loss if self.running is None else 0.9 * self.running + 0.1 * loss
+
+    def _kept(self) -> str:
+        if self.saved is None:
+            return (
+                "No checkpoint was written before it: lower optim.lr, raise optim.warmup or "
+                "set optim.grad_clip, and train again."
+            )
+        return (
+            f"The last checkpoint, step {self.saved}, was written before it and is kept: "
+            "lower optim.lr, raise optim.warmup or set optim.grad_clip, and resume."
+        )
 
 
 class Trainer:
@@ -232,8 +276,9 @@ class Trainer:
     def run(self, workdir: str, *, progress: bool = True) -> TrainState:
         """Train in ``workdir``, resuming from its latest checkpoint; returns the final state.
 
-        Raises ``NonFiniteLossError`` after ``training.max_bad_steps`` consecutive non-finite
-        steps; the last checkpoint written before them is left as it is.
+        Raises ``DivergedError`` (``NonFiniteLossError`` for a non-finite streak) when the run
+        diverges, keeping the checkpoints written before; ``checkpoint.Interrupted`` after
+        saving the step reached when SIGTERM or SIGINT arrived.
         """
         cfg, tc, exp, mesh = self.cfg, self.cfg.training, self.exp, self.mesh
         say(exp.describe(mesh))
@@ -247,6 +292,7 @@ class Trainer:
         )  # fmt: skip
         config_json = experiment_lib.config_to_json(cfg)
         meta = dict(param_count=exp.param_count, process_count=jax.process_count())
+        guard = Guard(tc, saved=step if ckpt.latest_step() is not None else None)
         pending = None  # (step, metrics) of the previous chunk, read after the next is dispatched
         started = time.perf_counter()
         try:
@@ -257,32 +303,34 @@ class Trainer:
                     state, metrics = self.step_fn(state, batches)
                     step += k
                     if pending is not None:
-                        _report(log, tc, *pending)
+                        _report(log, guard, *pending)
                     pending = (step, metrics)
                     if step % tc.eval_freq == 0:
                         eval_loss = self.eval_fn(state, put_global(next(eval_it), mesh))
                         log.scalars(step, {"eval_loss": float(eval_loss)})
                     snapshot = step % tc.snapshot_freq == 0 or step == tc.n_iters
                     preempted = preemption.reached(step)
-                    # Never save inside a non-finite streak, except to honour a preemption.
-                    if preempted or (
-                        (snapshot or step % tc.snapshot_freq_for_preemption == 0)
-                        and int(state.bad_steps) == 0
-                    ):
-                        ckpt.save(
-                            step, state, config=config_json, metadata=meta, iterators=iterators
-                        )
+                    if preempted or snapshot or step % tc.snapshot_freq_for_preemption == 0:
+                        _report(log, guard, *pending)  # the guard passes a chunk before it is saved
+                        pending = None
+                        # Never save inside a non-finite streak, except to honour a preemption.
+                        if preempted or int(state.bad_steps) == 0:
+                            ckpt.save(
+                                step, state, config=config_json, metadata=meta, iterators=iterators
+                            )
+                            guard.saved = step
                     if snapshot and tc.snapshot_sampling:
                         rng = stream_key(jax.random.key(cfg.seed), "sample", step)
                         log.samples(step, "samples", exp.sample(state.ema_params, state.rest, rng))
                     if preempted:
-                        say(f"Preempted (SIGTERM): saved step {step}, exiting.")
                         break
                 if pending is not None:
-                    _report(log, tc, *pending)
+                    _report(log, guard, *pending)
         finally:
             ckpt.close()
             log.close()
+        if preemption.signum is not None and step < tc.n_iters:
+            raise ckpt_lib.Interrupted(preemption.signum, step)
         elapsed = time.perf_counter() - started
         say(f"Trained steps {start_step} to {step} in {elapsed:.1f} s.")
         return state
@@ -293,16 +341,11 @@ def train(cfg: ExperimentConfig, workdir: str, *, progress: bool = True) -> Trai
     return Trainer(cfg).run(workdir, progress=progress)
 
 
-def _report(log: runlog_lib.RunLog, tc, step: int, metrics: dict) -> None:
-    """Progress bar and logs for one finished chunk; stop on a non-finite streak."""
-    m = _chunk_metrics(metrics)
-    log.progress(step, loss=m["loss"])
-    if step % tc.log_freq == 0:
-        log.scalars(step, m)
-    if m["bad_steps"] >= tc.max_bad_steps:
-        raise NonFiniteLossError(
-            f"Stopped at step {step}: the loss or gradient was NaN/inf for {m['bad_steps']} "
-            f"consecutive steps (training.max_bad_steps={tc.max_bad_steps}). The last "
-            "checkpoint written before them is intact; lower optim.lr, raise optim.warmup or "
-            "set optim.grad_clip, and resume."
-        )
+def _report(log: runlog_lib.RunLog, guard: Guard, step: int, metrics: dict) -> None:
+    """Progress bar and logs for one finished chunk; stop a diverging run."""
+    m = jax.device_get(metrics)
+    summary = _chunk_metrics(m)
+    log.progress(step, loss=summary["loss"])
+    if step % guard.tc.log_freq == 0:
+        log.scalars(step, summary)
+    guard.check(step, m)

@@ -9,7 +9,9 @@ start-up (``Experiment.create``), its errors likewise under ``config.model``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,8 +88,26 @@ def _validate_names(exp: ExperimentConfig) -> None:
         _check_name(path, get_field(exp, path), valid)
 
 
+def _validate_finite(exp: ExperimentConfig) -> None:
+    """No NaN or infinity in any float field (nor in sampling.options)."""
+    values = {}
+    for section in dataclasses.fields(exp):
+        part = getattr(exp, section.name)
+        if dataclasses.is_dataclass(part):
+            values |= {
+                f"{section.name}.{f.name}": getattr(part, f.name) for f in dataclasses.fields(part)
+            }
+    values |= {f"sampling.options.{k}": v for k, v in exp.sampling.options.items()}
+    for path, value in values.items():
+        require(
+            not isinstance(value, float) or math.isfinite(value),
+            f"config.{path}={value} must be a finite number.",
+        )
+
+
 def _validate_numbers(exp: ExperimentConfig, device_count: int) -> None:
     """Ranges, orderings, and the batch sizes and frequencies the devices and chunks need."""
+    _validate_finite(exp)
     training = exp.training
     for rule, (ok, paths) in RANGES.items():
         for path in paths.split():
