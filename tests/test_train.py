@@ -206,7 +206,7 @@ def test_job_stops_after_nonfinite_streak_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(
         train_lib.NonFiniteLossError, match="max_bad_steps=3.*last checkpoint, step 10, was"
     ):
-        train_lib.train(bad, str(tmp_path), progress=False)
+        train_lib.train(bad, str(tmp_path), progress=False, allow_config_change=True)
     assert ckpt.all_steps()[-1] == 10
     again = _host(ckpt.restore(trainer.initial_state())[0])
     jax.tree.map(np.testing.assert_array_equal, again, saved)
@@ -231,6 +231,8 @@ def test_a_diverging_run_stops_and_keeps_only_good_checkpoints(tmp_path, lr, err
 
     train_lib.train(tiny_toy_config(**{"training.n_iters": 10}), str(tmp_path), progress=False)
     with pytest.raises(error, match=f"{needle}.*The last checkpoint, step 10, was written"):
-        train_lib.train(tiny_toy_config(**diverge), str(tmp_path), progress=False)
+        train_lib.train(
+            tiny_toy_config(**diverge), str(tmp_path), progress=False, allow_config_change=True
+        )
     ckpt = ckpt_lib.Checkpointer(Workdir(str(tmp_path)).checkpoints, read_only=True)
     assert ckpt.all_steps() == [5, 10]

@@ -328,3 +328,38 @@ def model_kwargs(cfg: ExperimentConfig, shape: tuple[int, ...]) -> dict[str, Any
     from score_sde.models import OPTIONS
 
     return {k: v for k, v in candidates.items() if k in OPTIONS[m.name]}
+
+
+# Fields a resume may change without --allow_config_change: the length of the run, its
+# cadence of logs and checkpoints, its guard, the data's location, evaluation and sampling.
+RESUMABLE = (
+    "training.n_iters training.log_freq training.eval_freq training.snapshot_freq "
+    "training.snapshot_freq_for_preemption training.snapshot_sampling training.keep_checkpoints "
+    "training.max_bad_steps training.max_loss_ratio data.data_dir eval.* sampling.*"
+).split()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """ "path: old -> new" for each field of two JSON configs that differs, except
+    ``RESUMABLE`` ones."""
+    old, new = _flatten(saved), _flatten(current)
+    changes = []
+    for path in sorted(set(old) | set(new)):
+        resumable = any(
+            path == r or (r.endswith("*") and path.startswith(r[:-1])) for r in RESUMABLE
+        )
+        if not resumable and old.get(path, "(absent)") != new.get(path, "(absent)"):
+            changes.append(
+                f"config.{path}: {old.get(path, '(absent)')} -> {new.get(path, '(absent)')}"
+            )
+    return changes

@@ -52,6 +52,12 @@ flags.DEFINE_integer("process_id", None, "multihost: this process's index (defau
 flags.DEFINE_bool(
     "progress", True, "Show progress bars (training steps, images through Inception)."
 )
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "train: resume although the config differs from the checkpoint's (beyond n_iters, logging,"
+    " eval and sampling fields).",
+)
 flags.mark_flags_as_required(["config"])
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
@@ -83,6 +89,7 @@ def main(argv) -> int:
         fid=FLAGS.fid,
         eval_timeout=FLAGS.eval_timeout,
         progress=FLAGS.progress,
+        allow_config_change=FLAGS.allow_config_change,
     )
 
 
@@ -96,6 +103,7 @@ def run_job(
     fid: bool = False,
     eval_timeout: float = 600.0,
     progress: bool = True,
+    allow_config_change: bool = False,
 ) -> int:
     """Validate ``config`` (an ml_collections.ConfigDict) and run ``mode`` in ``workdir``;
     returns the exit code: 0, ``EXIT_CONFIG`` for an invalid config or a checkpoint that does
@@ -106,7 +114,7 @@ def run_job(
     from score_sde.datasets import DatasetNotPreparedError
     from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
     from score_sde.jobs.config import ConfigError
-    from score_sde.jobs.runlog import say
+    from score_sde.jobs.lock import WorkdirBusyError
     from score_sde.jobs.train import DivergedError
     from score_sde.jobs.validation import from_config_dict
 
@@ -116,25 +124,10 @@ def run_job(
         print(f"Invalid config: {err}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        if mode == "train":
-            from score_sde.jobs.train import train
-
-            train(cfg, workdir, progress=progress)
-        elif mode == "eval":
-            from score_sde.jobs.evaluate import evaluate
-
-            evaluate(cfg, workdir, step=step, timeout_seconds=eval_timeout, progress=progress)
-        elif mode == "fid_stats":
-            from score_sde.jobs.fid_eval import fid_stats_job
-
-            fid_stats_job(cfg, progress=progress)
-        else:
-            from score_sde.jobs.evaluate import generate
-
-            path = generate(
-                cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
-            )
-            say(f"Wrote {path}")
+        _run_mode(
+            cfg, workdir, mode, step=step, num_samples=num_samples, fid=fid,
+            eval_timeout=eval_timeout, progress=progress, allow_config_change=allow_config_change,
+        )  # fmt: skip
     except DivergedError as err:
         print(str(err), file=sys.stderr)
         return EXIT_DIVERGED
@@ -149,10 +142,37 @@ def run_job(
         NoCheckpointError,
         ConfigError,
         DatasetNotPreparedError,
+        WorkdirBusyError,
     ) as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     return 0
+
+
+def _run_mode(cfg, workdir: str | None, mode: str, *, step, num_samples, fid, eval_timeout,
+              progress, allow_config_change) -> None:  # fmt: skip
+    """Run job ``mode`` of the validated config ``cfg``."""
+    from score_sde.jobs.runlog import say
+
+    if mode == "train":
+        from score_sde.jobs.train import train
+
+        train(cfg, workdir, progress=progress, allow_config_change=allow_config_change)
+    elif mode == "eval":
+        from score_sde.jobs.evaluate import evaluate
+
+        evaluate(cfg, workdir, step=step, timeout_seconds=eval_timeout, progress=progress)
+    elif mode == "fid_stats":
+        from score_sde.jobs.fid_eval import fid_stats_job
+
+        fid_stats_job(cfg, progress=progress)
+    else:
+        from score_sde.jobs.evaluate import generate
+
+        path = generate(
+            cfg, workdir, step=step, num_samples=num_samples, fid=fid, progress=progress
+        )
+        say(f"Wrote {path}")
 
 
 def _config_package_root(argv: list[str]) -> str | None:

@@ -26,8 +26,9 @@ import optax
 
 from score_sde.jobs import checkpoint as ckpt_lib
 from score_sde.jobs import experiment as experiment_lib
+from score_sde.jobs import lock as lock_lib
 from score_sde.jobs import runlog as runlog_lib
-from score_sde.jobs.config import ExperimentConfig, OptimConfig
+from score_sde.jobs.config import ConfigError, ExperimentConfig, OptimConfig, config_changes
 from score_sde.jobs.experiment import keyed_batch, stream_key
 from score_sde.jobs.runlog import say
 from score_sde.jobs.state import TrainState, init_state
@@ -35,6 +36,10 @@ from score_sde.jobs.workdir import Workdir
 from score_sde.sharding import make_mesh, put_batches, put_global, replicated
 
 Array = jax.Array
+
+
+class ConfigChangedError(ConfigError):
+    """A resume whose config differs from the checkpoint's (a user error: exit code 2)."""
 
 
 class DivergedError(RuntimeError):
@@ -257,8 +262,10 @@ class Trainer:
     def initial_state(self) -> TrainState:
         return init_state(self.cfg.seed, self.exp.params, self.exp.rest, self.mesh, self.optimizer)
 
-    def _resume(self, wd: Workdir):
-        """(state, checkpointer, data iterators): the latest checkpoint's, or fresh ones."""
+    def _resume(self, wd: Workdir, allow_config_change: bool):
+        """(state, checkpointer, data iterators): the latest checkpoint's, or fresh ones. A
+        resume whose config differs from the checkpoint's beyond ``config.RESUMABLE`` stops
+        unless ``allow_config_change``; the config is saved in the workdir."""
         tc = self.cfg.training
         iterators = {
             "train": self.exp.data_iterator("train"),
@@ -267,23 +274,42 @@ class Trainer:
         ckpt = ckpt_lib.Checkpointer(
             wd.checkpoints, max_to_keep=tc.keep_checkpoints, keep_period=tc.snapshot_freq
         )
-        state = self.initial_state()
+        state, config_json = self.initial_state(), experiment_lib.config_to_json(self.cfg)
         if ckpt.latest_step() is not None:
+            changes = config_changes(ckpt.read_json()[0], config_json)
+            if changes and not allow_config_change:
+                raise ConfigChangedError(
+                    f"The config differs from the one {ckpt.directory} was trained with: "
+                    f"{'; '.join(changes)}. Resume with that config (saved in {wd.config}), "
+                    "train in a fresh --workdir, or pass --allow_config_change to accept."
+                )
             state, _ = ckpt.restore(state, iterators=iterators)
             say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
+            if changes:
+                say(f"With config changes: {'; '.join(changes)}.")
+        if jax.process_index() == 0:
+            runlog_lib.write_json(wd.config, config_json)
         return state, ckpt, iterators
 
-    def run(self, workdir: str, *, progress: bool = True) -> TrainState:
+    def run(
+        self, workdir: str, *, progress: bool = True, allow_config_change: bool = False
+    ) -> TrainState:
         """Train in ``workdir``, resuming from its latest checkpoint; returns the final state.
 
-        Raises ``DivergedError`` (``NonFiniteLossError`` for a non-finite streak) when the run
+        Holds the workdir's lock (``lock.WorkdirBusyError`` if another job trains there).
+        Raises ``ConfigChangedError`` for a resume with another config (see ``_resume``),
+        ``DivergedError`` (``NonFiniteLossError`` for a non-finite streak) when the run
         diverges, keeping the checkpoints written before; ``checkpoint.Interrupted`` after
         saving the step reached when SIGTERM or SIGINT arrived.
         """
-        cfg, tc, exp, mesh = self.cfg, self.cfg.training, self.exp, self.mesh
-        say(exp.describe(mesh))
         wd = Workdir(workdir)
-        state, ckpt, iterators = self._resume(wd)
+        say(self.exp.describe(self.mesh))
+        with lock_lib.exclusive(wd.lock):
+            return self._run(wd, progress, allow_config_change)
+
+    def _run(self, wd: Workdir, progress: bool, allow_config_change: bool) -> TrainState:
+        cfg, tc, exp, mesh = self.cfg, self.cfg.training, self.exp, self.mesh
+        state, ckpt, iterators = self._resume(wd, allow_config_change)
         train_it, eval_it = iterators["train"], iterators["eval"]
         step = start_step = int(state.step)
         log = runlog_lib.RunLog(
@@ -336,9 +362,15 @@ class Trainer:
         return state
 
 
-def train(cfg: ExperimentConfig, workdir: str, *, progress: bool = True) -> TrainState:
+def train(
+    cfg: ExperimentConfig,
+    workdir: str,
+    *,
+    progress: bool = True,
+    allow_config_change: bool = False,
+) -> TrainState:
     """Train ``cfg`` in ``workdir`` (resuming from its latest checkpoint); see ``Trainer.run``."""
-    return Trainer(cfg).run(workdir, progress=progress)
+    return Trainer(cfg).run(workdir, progress=progress, allow_config_change=allow_config_change)
 
 
 def _report(log: runlog_lib.RunLog, guard: Guard, step: int, metrics: dict) -> None:

@@ -1,6 +1,8 @@
 """A workdir's layout, defined here and nowhere else::
 
 checkpoints/      orbax checkpoints with the run's config (train writes; eval, sample read)
+config.json       the resolved config of the latest training run
+train.lock        held by the training job (its host and pid): one trainer per workdir
 metrics.jsonl     training scalars, one JSON object per logged step
 tensorboard/      training event files (``tensorboard --logdir <workdir>``)
 samples/          training snapshot grids; --mode sample's .png, .npz and _metrics.json
@@ -28,6 +30,8 @@ class Workdir:
         object.__setattr__(self, "root", os.path.abspath(self.root))
 
     checkpoints = _under("checkpoints")
+    config = _under("config.json")
+    lock = _under("train.lock")
     metrics = _under("metrics.jsonl")
     tensorboard = _under("tensorboard")
     samples = _under("samples")
