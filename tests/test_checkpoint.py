@@ -3,6 +3,7 @@ included), and a clear error when a checkpoint does not fit the model."""
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,3 +180,93 @@ def test_a_read_only_checkpointer_opens_without_orbax_s_warning(tmp_path, caplog
     with caplog.at_level("WARNING", logger="absl"), ckpt_lib._quiet_read_only_notice():
         logging.getLogger("absl").warning("another warning")
     assert "another warning" in caplog.text
+
+
+def _rewrite_data(step_dir: str, change) -> None:
+    """Apply ``change`` to the bytes of every array data file of the state (ocdbt's ``d/``
+    folders: which of them holds which array is orbax's business)."""
+    for folder, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files if os.path.basename(folder) == "d" else ():
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                data = bytearray(f.read())
+            with open(path, "wb") as f:
+                f.write(change(data))
+
+
+def _flip_one_bit(data: bytearray) -> bytearray:
+    data[len(data) // 2] ^= 0x10
+    return data
+
+
+def _empty(step_dir: str) -> None:
+    for name in os.listdir(step_dir):
+        path = os.path.join(step_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+DAMAGES = {
+    "metadata removed": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "data truncated": lambda d: _rewrite_data(d, lambda b: b[: len(b) // 2]),
+    "random bytes": lambda d: _rewrite_data(d, lambda b: np.random.default_rng(0).bytes(len(b))),
+    "one bit flipped": lambda d: _rewrite_data(d, _flip_one_bit),
+    "folder emptied": _empty,
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """(trainer, workdir) of an uninterrupted 30-step run (checkpoints 10, 20, 25, 30)."""
+    trainer = train_lib.Trainer(tiny_toy_config(**{"training.n_iters": 30}))
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    trainer.run(workdir, progress=False)
+    return trainer, workdir
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_a_damaged_checkpoint_is_moved_aside_and_the_run_resumes_before_it(
+    finished_run, tmp_path, capsys, damage
+):
+    """The last checkpoint damaged on disk: the resume says so in one line, moves it (never
+    deletes it), restores the one before, and trains to the same final state and logs."""
+    trainer, ref_dir = finished_run
+    dir_ = str(tmp_path / "run")
+    shutil.copytree(ref_dir, dir_)
+    wd = Workdir(dir_)
+    DAMAGES[damage](os.path.join(wd.checkpoints, "30"))
+    capsys.readouterr()
+    trainer.run(dir_, progress=False)
+    out = capsys.readouterr().out
+    moved = [line for line in out.splitlines() if "moved to" in line]
+    assert len(moved) == 1 and f"Checkpoint {wd.checkpoints}/30" in moved[0], out
+    assert "Resumed from step 25" in out
+    (aside,) = os.listdir(wd.damaged)
+    assert aside.startswith("30-") and moved[0].endswith("trying the one before it.")
+    (ref, _), (got, step) = _final_state(trainer, ref_dir), _final_state(trainer, dir_)
+    assert step == 30
+    jax.tree.map(np.testing.assert_array_equal, got, ref)
+    assert _read(wd.metrics) == _read(Workdir(ref_dir).metrics)
+
+
+def test_when_every_checkpoint_is_damaged_the_job_stops_with_one_line(
+    finished_run, tmp_path, capsys
+):
+    """Every checkpoint is damaged: each is moved aside with a line, and the job stops with one
+    line (exit 2) instead of training from step 0 or from wrong parameters."""
+    from helpers import TINY_TOY, config_dict
+
+    from score_sde.jobs import main as main_lib
+
+    _, ref_dir = finished_run
+    wd = Workdir(str(tmp_path / "run"))
+    shutil.copytree(ref_dir, wd.root)
+    steps = sorted(s for s in os.listdir(wd.checkpoints) if s.isdigit())
+    for step in steps:
+        DAMAGES["data truncated"](os.path.join(wd.checkpoints, step))
+    config = config_dict("toy/ring8_vp.py", {**TINY_TOY, "training.n_iters": 30})
+    capsys.readouterr()
+    assert main_lib.run_job(config, wd.root, progress=False) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().startswith("Every checkpoint in") and "\n" not in err.strip(), err
+    assert out.count("cannot be read") == len(steps) == len(os.listdir(wd.damaged))
+    assert not [s for s in os.listdir(wd.checkpoints) if s.isdigit()]

@@ -25,7 +25,18 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-STATE, CONFIG, METADATA = "state", "config", "metadata"
+from score_sde.jobs.integrity import (
+    DamagedCheckpointError,
+    all_agree,
+    checksums,
+    flat_leaves,
+    move_aside,
+    silence_failed_reads,
+    verify,
+)
+from score_sde.jobs.runlog import say
+
+STATE, CONFIG, METADATA, CHECKSUMS = "state", "config", "metadata", "checksums"
 DATA_ITEMS = ("train", "eval")  # the data iterators a training checkpoint holds
 
 
@@ -37,22 +48,9 @@ class NoCheckpointError(FileNotFoundError):
     """The requested checkpoint (or any checkpoint) does not exist."""
 
 
-def _key_name(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _flat_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{"params/conv/kernel": (shape, dtype)} for each leaf (flax's ``.value`` dropped)."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [_key_name(k) for k in path]
-        if names and names[-1] == "value":
-            names = names[:-1]
-        out["/".join(names)] = (tuple(leaf.shape), str(leaf.dtype))
-    return out
+    """{"params/conv/kernel": (shape, dtype)} for each leaf."""
+    return {name: (tuple(leaf.shape), str(leaf.dtype)) for name, leaf in flat_leaves(tree)}
 
 
 def check_compatible(saved_tree, target_tree, where: str) -> None:
@@ -127,6 +125,7 @@ class Checkpointer:
             STATE: ocp.PyTreeCheckpointHandler() if read_only else ocp.StandardCheckpointHandler(),
             CONFIG: ocp.JsonCheckpointHandler(),
             METADATA: ocp.JsonCheckpointHandler(),
+            CHECKSUMS: ocp.JsonCheckpointHandler(),
         }
         for name in self.data_names:
             handlers[_data_item(name)] = grain.checkpoint.CheckpointHandler()
@@ -176,12 +175,16 @@ class Checkpointer:
     def read_json(self, step: int | None = None) -> tuple[dict, dict]:
         """(config, metadata) saved with checkpoint ``step`` (default: the latest)."""
         step = self._step_or_latest(step)
-        out = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{CONFIG: ocp.args.JsonRestore(), METADATA: ocp.args.JsonRestore()}
-            ),
+        args = ocp.args.Composite(
+            **{CONFIG: ocp.args.JsonRestore(), METADATA: ocp.args.JsonRestore()}
         )
+        try:
+            out = self._manager.restore(step, args=args)
+        except Exception as err:  # a missing or corrupt JSON file
+            where = os.path.join(self.directory, str(step))
+            raise DamagedCheckpointError(
+                f"Checkpoint {where}'s config cannot be read ({_first_line(err)})"
+            ) from err
         return dict(out[CONFIG]), dict(out[METADATA])
 
     # --- save / restore ------------------------------------------------------------------
@@ -201,6 +204,7 @@ class Checkpointer:
             STATE: ocp.args.StandardSave(state),
             CONFIG: ocp.args.JsonSave(dict(config)),
             METADATA: ocp.args.JsonSave({"step": int(step), **(metadata or {})}),
+            CHECKSUMS: ocp.args.JsonSave(checksums(state)),
         }
         for name, it in (iterators or {}).items():
             items[_data_item(name)] = grain.checkpoint.CheckpointSave(it)
@@ -219,15 +223,14 @@ class Checkpointer:
         The ``skip`` fields of the state (a dataclass) are not read: they come back as None and
         may be None in ``target`` (an eval needs no optimiser state).
 
-        Raises ``CheckpointMismatchError`` naming the parameter if the shapes differ.
+        Raises ``CheckpointMismatchError`` naming the parameter if the shapes differ, and
+        ``DamagedCheckpointError`` if the checkpoint cannot be read or fails its checksums.
         """
         step = self._step_or_latest(step)
-        saved = self._manager.item_metadata(step)[STATE]
-        saved = getattr(saved, "tree", saved)
         where = f"Checkpoint {os.path.join(self.directory, str(step))}"
         fields = _as_dict(target)
         read = {name: value for name, value in fields.items() if name not in skip}
-        check_compatible({k: v for k, v in saved.items() if k not in skip}, read, where)
+        check_compatible(self._saved_tree(step, where, skip), read, where)
         if self.read_only:  # orbax's partial restore: the fields to read, as a dict
             item = abstract_like(read)
             args = ocp.args.PyTreeRestore(
@@ -240,10 +243,56 @@ class Checkpointer:
         items = {STATE: args}
         for name, it in (iterators or {}).items():
             items[_data_item(name)] = grain.checkpoint.CheckpointRestore(it)
-        out = self._manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+        if os.path.isdir(os.path.join(self.directory, str(step), CHECKSUMS)):
+            items[CHECKSUMS] = ocp.args.JsonRestore()
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # orbax, tensorstore and json raise many types for bad files
+            raise DamagedCheckpointError(f"{where} cannot be read ({_first_line(err)})") from err
+        state = out[STATE]
+        if CHECKSUMS in items:
+            verify(state, dict(out[CHECKSUMS]), where)
         if self.read_only:
-            out = type(target)(**out, **dict.fromkeys(skip))
-        return out, step
+            state = type(target)(**state, **dict.fromkeys(skip))
+        return state, step
+
+    def _saved_tree(self, step: int, where: str, skip: tuple[str, ...]) -> dict:
+        """The state's tree as saved (orbax metadata), ``skip`` fields left out; a checkpoint
+        whose metadata is missing or unreadable is damaged, not a mismatch."""
+        try:
+            saved = self._manager.item_metadata(step)[STATE]
+            saved = getattr(saved, "tree", saved)
+            if not saved:
+                raise ValueError("no state metadata")
+            return {k: v for k, v in saved.items() if k not in skip}
+        except Exception as err:  # orbax raises many types for a missing or bad metadata file
+            raise DamagedCheckpointError(f"{where} cannot be read ({_first_line(err)})") from err
+
+    def restore_newest_good(
+        self, target: Any, *, iterators: Mapping[str, Any] | None = None, damaged_dir: str
+    ) -> tuple[Any, int] | None:
+        """``restore`` the newest checkpoint that reads and verifies, moving each newer damaged
+        one into ``damaged_dir`` with a log line; None if there is no checkpoint. Raises
+        ``DamagedCheckpointError`` when every checkpoint is damaged (all moved aside)."""
+        steps, moved = self.all_steps(), []
+        for step in reversed(steps):
+            try:
+                restored, error = self.restore(target, step, iterators=iterators), None
+            except DamagedCheckpointError as err:
+                restored, error = None, err
+                silence_failed_reads()
+            if all_agree(error is None):
+                return restored
+            moved.append(move_aside(self.directory, step, damaged_dir))
+            self._manager.reload()
+            say(f"{error or f'Checkpoint {step} is damaged on another process'}: moved to "
+                f"{moved[-1]}; trying the one before it.")  # fmt: skip
+        if not steps:
+            return None
+        raise DamagedCheckpointError(
+            f"Every checkpoint in {self.directory} is damaged (moved to {damaged_dir}): the "
+            "next run here starts from step 0; train in a fresh --workdir to keep them apart."
+        )
 
     def wait(self) -> None:
         """Block until the pending asynchronous save is on disk."""
@@ -259,6 +308,13 @@ def _as_dict(state: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(state):
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
     return dict(state)
+
+
+def _first_line(err: Exception) -> str:
+    """The error's type and first sentence (tensorstore appends its whole spec)."""
+    lines = str(err).strip().splitlines()
+    first = lines[0].split(" See full TensorStore details")[0] if lines else ""
+    return f"{type(err).__name__}: {first}"[:200]
 
 
 def _data_item(name: str) -> str:

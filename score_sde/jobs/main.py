@@ -114,6 +114,7 @@ def run_job(
     from score_sde.datasets import DatasetNotPreparedError
     from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
     from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.integrity import DamagedCheckpointError
     from score_sde.jobs.lock import WorkdirBusyError
     from score_sde.jobs.train import DivergedError
     from score_sde.jobs.validation import from_config_dict
@@ -143,6 +144,7 @@ def run_job(
         ConfigError,
         DatasetNotPreparedError,
         WorkdirBusyError,
+        DamagedCheckpointError,
     ) as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG

@@ -275,15 +275,16 @@ class Trainer:
             wd.checkpoints, max_to_keep=tc.keep_checkpoints, keep_period=tc.snapshot_freq
         )
         state, config_json = self.initial_state(), experiment_lib.config_to_json(self.cfg)
-        if ckpt.latest_step() is not None:
-            changes = config_changes(ckpt.read_json()[0], config_json)
+        restored = ckpt.restore_newest_good(state, iterators=iterators, damaged_dir=wd.damaged)
+        if restored is not None:
+            changes = config_changes(ckpt.read_json(restored[1])[0], config_json)
             if changes and not allow_config_change:
                 raise ConfigChangedError(
                     f"The config differs from the one {ckpt.directory} was trained with: "
                     f"{'; '.join(changes)}. Resume with that config (saved in {wd.config}), "
                     "train in a fresh --workdir, or pass --allow_config_change to accept."
                 )
-            state, _ = ckpt.restore(state, iterators=iterators)
+            state = restored[0]
             say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
             if changes:
                 say(f"With config changes: {'; '.join(changes)}.")

@@ -2,6 +2,7 @@
 
 checkpoints/      orbax checkpoints with the run's config (train writes; eval, sample read)
 config.json       the resolved config of the latest training run
+damaged_checkpoints/  checkpoints that failed to restore or verify, moved aside by a resume
 train.lock        held by the training job (its host and pid): one trainer per workdir
 metrics.jsonl     training scalars, one JSON object per logged step
 tensorboard/      training event files (``tensorboard --logdir <workdir>``)
@@ -31,6 +32,7 @@ class Workdir:
 
     checkpoints = _under("checkpoints")
     config = _under("config.json")
+    damaged = _under("damaged_checkpoints")
     lock = _under("train.lock")
     metrics = _under("metrics.jsonl")
     tensorboard = _under("tensorboard")
