@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from score_sde import odeint
+from score_sde import checks, odeint
 from score_sde import rng as rng_lib
 from score_sde.sampling.ode import probability_flow_drift
 from score_sde.sde import SDE
@@ -51,6 +51,7 @@ def _divergence_field(drift, divergence: str):
 
 @functools.partial(jax.jit, static_argnames=("divergence", "rtol", "atol", "eps", "solver"))
 def _log_likelihood(rng, sde, score_fn, x, *, divergence, rtol, atol, eps, solver):
+    checks.score_output(score_fn, x)  # at trace time: once per compilation
     if divergence == "hutchinson-gaussian":
         probe = rng_lib.normal(rng, x.shape, x.dtype)
     else:  # the exact divergence ignores the probe
@@ -74,6 +75,7 @@ def log_likelihood(
     atol: float = 1e-5,
     eps: float = 1e-5,
     solver: str = "tsit5",
+    on_nonfinite: str = "warn",
 ) -> tuple[Array, Array]:
     """log p_eps(x) in nats for each example of x: [B, ...], and nfe.
 
@@ -84,15 +86,30 @@ def log_likelihood(
     probes come from ``rng``, one per example (example i depends only on (rng, i)). nfe counts
     the batched score evaluations; each one also gives its Jacobian-vector product(s).
     Returns (logp: [B], nfe).
+
+    Checked first (``score_sde.checks``): x is float32/float64 [B, ...] data, finite when it is
+    concrete (not under jit); rtol, atol > 0; 0 < eps < T; and, once per compilation, that
+    ``score_fn`` returns the shape of x. An example whose score turned NaN/inf gets a NaN logp,
+    reported by ``on_nonfinite`` as in ``sampling.sample``: "warn" (a ``RuntimeWarning``),
+    "raise" (``checks.NonFiniteError``; under jit a ``JaxRuntimeError`` with its message) or
+    "ignore".
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence={divergence!r} is unknown; use one of {DIVERGENCES}.")
     odeint.check_solver(solver)
+    checks.on_nonfinite(on_nonfinite)
+    x = x if hasattr(x, "dtype") else jnp.asarray(x)
+    checks.data(x)
+    checks.positive("rtol", rtol)
+    checks.positive("atol", atol)
+    checks.end_time("eps", eps, sde.T)
     if not isinstance(score_fn, Partial):
         score_fn = Partial(score_fn)
-    return _log_likelihood(
+    logp, nfe = _log_likelihood(
         rng, sde, score_fn, x, divergence=divergence, rtol=rtol, atol=atol, eps=eps, solver=solver
     )
+    checks.report_nonfinite(logp, on_nonfinite, "log-likelihoods")
+    return logp, nfe
 
 
 def bits_per_dim(

@@ -22,6 +22,9 @@ SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 
 MAX_STEPS = 4096
 FIRST_STEP = 0.01  # the first step tried, as a fraction of t1 - t0; the controller adapts it.
+# Attempts with a NaN/inf stage that end an example's solve: steps into a region where the field
+# is NaN are rejected, and the solve would otherwise creep up to its edge until MAX_STEPS.
+NONFINITE_ATTEMPTS = 16
 
 
 class _CountingController(diffrax.AbstractStepSizeController):
@@ -29,7 +32,9 @@ class _CountingController(diffrax.AbstractStepSizeController):
 
     An FSAL step evaluates stages 2..s; its first stage is the last stage of the previous
     accepted step, so diffrax evaluates stage 1 only on attempts before the first accepted
-    step. The state carries (PID state, no step accepted yet, attempts that evaluated stage 1).
+    step. The state carries (PID state, no step accepted yet, attempts that evaluated stage 1,
+    attempts whose candidate or error estimate was NaN/inf); after ``NONFINITE_ATTEMPTS`` of
+    the latter the solve ends (reported as ``dt_min_reached``).
     """
 
     pid: diffrax.PIDController
@@ -39,15 +44,23 @@ class _CountingController(diffrax.AbstractStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         t, state = self.pid.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return t, (state, jnp.array(True), jnp.array(0))
+        return t, (state, jnp.array(True), jnp.array(0), jnp.array(0))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, state):
-        pid_state, before_first, first_stage = state
+        pid_state, before_first, first_stage, nonfinite = state
         keep, t0, t1, jump, pid_state, result = self.pid.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, pid_state
         )
-        state = (pid_state, before_first & ~keep, first_stage + before_first)
+        finite = _all_finite(y1_candidate) & _all_finite(y_error)
+        nonfinite = nonfinite + ~finite
+        stop = nonfinite >= NONFINITE_ATTEMPTS
+        result = diffrax.RESULTS.where(stop, diffrax.RESULTS.dt_min_reached, result)
+        state = (pid_state, before_first & ~keep, first_stage + before_first, nonfinite)
         return keep, t0, t1, jump, state, result
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["value"], meta_fields=[])
@@ -93,7 +106,10 @@ def solve(
     example i gets ``PerExample(value[i:i+1])`` (so a score_fn with bound labels can be called
     on the example as a batch of one).
 
-    Returns (y1, nfe, trajectory). y1 has the structure of y0. nfe is the exact number of
+    Returns (y1, nfe, trajectory). y1 has the structure of y0; an example whose vector field
+    (or state) went NaN/inf is returned as NaN, its trajectory too, for the caller to report
+    (the sampler's and the likelihood's ``on_nonfinite``). An example that needs more than
+    ``MAX_STEPS`` steps with finite values raises a runtime error. nfe is the exact number of
     batched vector-field evaluations: in lockstep, every iteration of the batch evaluates
     stages 2..s for all examples, and stage 1 as long as some example has not accepted its
     first step, so nfe = (s - 1) max_i steps_i + max_i first_stage_i. The trajectory's leaves
@@ -118,14 +134,37 @@ def solve(
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(vector_field), method, t0=t0, t1=t1, dt0=FIRST_STEP * (t1 - t0),
             y0=y, args=a, stepsize_controller=controller, saveat=saveat, max_steps=MAX_STEPS,
+            throw=False,
         )  # fmt: skip
-        y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], sol.ys)
-        return y1, sol.ys, sol.stats["num_steps"], sol.controller_state[2]
+        ys, stuck = _failures(sol)
+        y1 = jax.tree_util.tree_map(lambda leaf: leaf[-1], ys)
+        return y1, ys, sol.stats["num_steps"], sol.controller_state[2], stuck
 
-    y1, ys, steps, first_stage = jax.vmap(one, in_axes=(0, axes))(y0, nodes)
+    y1, ys, steps, first_stage, stuck = jax.vmap(one, in_axes=(0, axes))(y0, nodes)
+    jax.debug.callback(functools.partial(_raise_if_stuck, rtol, atol), jnp.sum(stuck))
     stages = len(method.tableau.c) + 1
     nfe = (stages - 1) * jnp.max(steps) + jnp.max(first_stage)
     return y1, nfe, jax.tree_util.tree_map(functools.partial(_trajectory, ts, order, t1), ys, y1)
+
+
+def _failures(sol) -> tuple:
+    """(saved states, stuck) of one example's solve. A failed solve that met NaN/inf failed
+    because of its field (the score): its states are NaN, for the caller to report. One that
+    failed with finite values ran out of MAX_STEPS: it is stuck."""
+    nonfinite = sol.controller_state[3]
+    failed = sol.result != diffrax.RESULTS.successful
+    ys = jax.tree.map(lambda v: jnp.where(failed & (nonfinite > 0), jnp.nan, v), sol.ys)
+    return ys, failed & (nonfinite == 0)
+
+
+def _raise_if_stuck(rtol, atol, count) -> None:
+    """Raised inside the compiled solve (a runtime error carrying this message, like diffrax's)."""
+    if int(count):
+        raise RuntimeError(
+            f"odeint.solve: {int(count)} example(s) did not reach t1 in MAX_STEPS={MAX_STEPS} "
+            f"steps, with finite values: the ODE is too stiff for rtol={rtol}, atol={atol}; "
+            "loosen them."
+        )
 
 
 def _trajectory(ts, order, t1, leaf, leaf1):

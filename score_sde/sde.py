@@ -19,6 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from score_sde import checks
 from score_sde import rng as rng_lib
 from score_sde.schedules import Chain, CosineSchedule, LinearSchedule
 
@@ -39,15 +40,16 @@ def _dims(z: Array) -> int:
     return math.prod(z.shape[1:])
 
 
-def _is_number(*values) -> bool:
-    """True when every value is a concrete Python number: not a tracer inside a transform, nor
-    a bool of a pytree mask (equinox, inside diffrax, rebuilds nodes with True/False leaves)."""
-    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-
-
 def _check_range(sde: SDE, lo: str, hi: str) -> None:
+    # Concrete values only: under a transform the fields are tracers or placeholder leaves.
     a, b = getattr(sde, lo), getattr(sde, hi)
-    if _is_number(a, b) and not b > a > 0:
+    for name, value in ((lo, a), (hi, b)):
+        if checks.is_real_number(value) and not math.isfinite(value):
+            raise ValueError(
+                f"{type(sde).__name__}: {name}={value} is not finite. Set {name} to a finite "
+                "positive value."
+            )
+    if checks.is_real_number(a) and checks.is_real_number(b) and not b > a > 0:
         raise ValueError(
             f"{type(sde).__name__}: need 0 < {lo} < {hi}, got {lo}={a}, {hi}={b}. "
             f"Set {lo} to a positive value below {hi}."

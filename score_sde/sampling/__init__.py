@@ -9,6 +9,15 @@ ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, 
 
 ``score_fn`` may be a ``jax.tree_util.Partial`` over model parameters: new parameters then reuse
 the compiled sampler. Any other callable is treated as static (a new one recompiles).
+
+Arguments are checked before sampling (``score_sde.checks``): ``shape``, the options' values
+(``eps`` in (0, T), ``rtol`` and ``atol`` > 0) and, once per compilation, that ``score_fn``
+returns the shape of x. ``on_nonfinite`` ("warn", "raise" or "ignore"), an option of the front
+doors ``sample``, ``trajectory`` and ``solve`` (not of any method), reports samples that came
+out NaN or inf: a ``RuntimeWarning``, or ``checks.NonFiniteError`` (a ``FloatingPointError``).
+Under ``jax.jit`` the report runs in a ``jax.debug.callback``, where "raise" surfaces as a
+``JaxRuntimeError`` carrying the message; a program with a callback is not written to JAX's
+persistent compilation cache ("ignore" adds none).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import jax
 import numpy as np
 from jax.tree_util import Partial
 
+from score_sde import checks
 from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc
 
 
@@ -101,10 +111,12 @@ def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
     return tuple(sorted(options.items()))
 
 
-def _split(method: str, options: dict) -> tuple[tuple, tuple]:
-    """(grid options, solver options) of ``sample``'s options, each static."""
+def _split(method: str, sde, options: dict) -> tuple[tuple, tuple]:
+    """(grid options, solver options) of ``sample``'s options, each static, after checking
+    their values."""
     m = _method(method)
     _static(method, options, method_options(method))
+    checks.options(options, sde.T)
     grid = {k: v for k, v in options.items() if k in m.grid_options}
     solver = {k: v for k, v in options.items() if k in m.options}
     return tuple(sorted(grid.items())), tuple(sorted(solver.items()))
@@ -116,16 +128,32 @@ def _partial(score_fn) -> Partial:
 
 @functools.partial(jax.jit, static_argnames=("method", "options"))
 def _solve(rng, sde, score_fn, x, ts, *, method, options):
+    checks.score_output(score_fn, x)  # at trace time: once per compilation
     x, nfe, _ = METHODS[method].integrate(rng, sde, score_fn, x, ts, **dict(options))
     return x, nfe
 
 
-def solve(rng, sde, score_fn, x, ts, method: str = "dpm_solver", **options):
+def solve(
+    rng, sde, score_fn, x, ts, method: str = "dpm_solver", *, on_nonfinite: str = "warn",
+    **options,
+):  # fmt: skip
     """Run ``method``'s solver from x at ts[0] along the grid ``ts`` (either direction; the
     adaptive methods from ts[0] to ts[-1]); returns (x, nfe). Options are the solver's own
-    (``METHODS[method].options``); the grid is the caller's."""
-    options = _static(method, options, _method(method).options)
-    return _solve(rng, sde, _partial(score_fn), x, ts, method=method, options=options)
+    (``METHODS[method].options``); the grid is the caller's. ``on_nonfinite``: see the module
+    docstring."""
+    checks.on_nonfinite(on_nonfinite)
+    static = _static(method, options, _method(method).options)
+    checks.options(options, sde.T)
+    x, nfe = _solve(rng, sde, _partial(score_fn), x, ts, method=method, options=static)
+    checks.report_nonfinite(x, on_nonfinite, "results", _hint(method))
+    return x, nfe
+
+
+def _hint(method: str) -> str:
+    """What else makes ``method`` return NaN, for ``checks.report_nonfinite``."""
+    if method == "dpm_solver_adaptive":
+        return " (or an example did not finish within max_steps attempts)"
+    return ""
 
 
 @functools.partial(jax.jit, static_argnames=("method", "shape", "grid", "options", "save_at"))
@@ -134,35 +162,48 @@ def _run(rng, sde, score_fn, *, method, shape, grid, options, save_at):
     ts = m.grid(sde, **dict(grid))
     prior_key, solve_key = jax.random.split(rng)
     x = sde.prior_sampling(prior_key, shape)
+    checks.score_output(score_fn, x)  # at trace time: once per compilation
     return m.integrate(solve_key, sde, score_fn, x, ts, save_at=save_at, **dict(options))
 
 
-def sample(rng, sde, score_fn, shape, method: str = "pc", **options):
+def sample(rng, sde, score_fn, shape, method: str = "pc", *, on_nonfinite: str = "warn", **options):
     """Draw ``shape[0]`` samples with ``method``; returns (samples, nfe).
 
     Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
+    ``shape`` is (batch, *data dims), all >= 1; ``on_nonfinite`` ("warn", "raise", "ignore")
+    reports samples that are NaN or inf (see the module docstring).
     """
     if "save_at" in options:
         raise TypeError("save_at: call sampling.trajectory for the states at those times.")
-    grid, options = _split(method, options)
+    shape = checks.batch_shape(shape)
+    checks.on_nonfinite(on_nonfinite)
+    grid, options = _split(method, sde, options)
     x, nfe, _ = _run(
-        rng, sde, _partial(score_fn), method=method, shape=tuple(shape), grid=grid,
-        options=options, save_at=(),
+        rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
+        save_at=(),
     )  # fmt: skip
+    checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe
 
 
-def trajectory(rng, sde, score_fn, shape, method: str = "pc", *, save_at: tuple, **options):
+def trajectory(
+    rng, sde, score_fn, shape, method: str = "pc", *, save_at: tuple, on_nonfinite: str = "warn",
+    **options,
+):  # fmt: skip
     """``sample`` that also records the states at the times ``save_at`` (a tuple, any order,
     inside the method's grid; the data, where a grid ends at it, is t = 0); returns (samples,
     nfe, trajectory) with trajectory [len(save_at), *shape]. Recording changes neither the
-    samples' steps nor nfe."""
-    grid, options = _split(method, options)
+    samples' steps nor nfe. ``on_nonfinite`` reports non-finite samples, as for ``sample``."""
+    shape = checks.batch_shape(shape)
+    checks.on_nonfinite(on_nonfinite)
+    grid, options = _split(method, sde, options)
     ts = np.asarray(METHODS[method].grid(sde, **dict(grid)))
     t_a, t_b = float(ts[0]), max(float(ts[-1]), 0.0)
     slack = 4 * np.finfo(ts.dtype).eps * max(abs(t_a), abs(t_b))
     grids.check_save_at(save_at, round(t_a, 12), round(t_b, 12), slack)
-    return _run(
-        rng, sde, _partial(score_fn), method=method, shape=tuple(shape), grid=grid,
-        options=options, save_at=tuple(float(t) for t in save_at),
+    x, nfe, traj = _run(
+        rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
+        save_at=tuple(float(t) for t in save_at),
     )  # fmt: skip
+    checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
+    return x, nfe, traj
