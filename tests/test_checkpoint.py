@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import chex
 import jax
@@ -270,3 +271,78 @@ def test_when_every_checkpoint_is_damaged_the_job_stops_with_one_line(
     assert err.strip().startswith("Every checkpoint in") and "\n" not in err.strip(), err
     assert out.count("cannot be read") == len(steps) == len(os.listdir(wd.damaged))
     assert not [s for s in os.listdir(wd.checkpoints) if s.isdigit()]
+
+
+FAULT_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    sys.path.insert(0, {tests!r})
+    from helpers import TINY_TOY, config_dict
+    from score_sde.jobs import checkpoint, main, runlog
+
+    workdir, fault, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    signals = {{"kill": signal.SIGKILL, "int": signal.SIGINT, "term": signal.SIGTERM}}
+    if fault == "kill_saving":  # SIGKILL while checkpoint `at` is being written
+        save = checkpoint.Checkpointer.save
+
+        def save_then_kill(self, step, *args, **kw):
+            out = save(self, step, *args, **kw)
+            if step == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        checkpoint.Checkpointer.save = save_then_kill
+    elif fault in signals:  # the signal once step `at` is reported
+        scalars = runlog.RunLog.scalars
+
+        def scalars_then_signal(self, step, metrics):
+            scalars(self, step, metrics)
+            if step == at and "loss" in metrics:
+                os.kill(os.getpid(), signals[fault])
+
+        runlog.RunLog.scalars = scalars_then_signal
+    print("started", flush=True)
+    sys.exit(main.run_job(config_dict("toy/ring8_vp.py", {{**TINY_TOY, **{run!r}}}), workdir,
+                          progress=False))
+    """
+)
+FAULT_RUN = {"training.n_iters": 100, "training.snapshot_freq_for_preemption": 5}
+
+
+@pytest.mark.slow
+def test_a_run_under_repeated_faults_ends_bitwise_equal_to_an_uninterrupted_one(tmp_path):
+    """Seven faults in one run at seeded random moments: five SIGKILLs (after a logged step,
+    during a checkpoint's write, after a random delay), one SIGINT and one SIGTERM; rerunning
+    the same command after each ends with the parameters, EMA, optimiser state and
+    metrics.jsonl of an uninterrupted run, bit for bit."""
+    ref = str(tmp_path / "uninterrupted")
+    train_lib.Trainer(tiny_toy_config(**FAULT_RUN)).run(ref, progress=False)
+    rng = np.random.default_rng(0)
+    steps = lambda lo, hi: int(rng.integers(lo // 5, hi // 5 + 1)) * 5  # logged every 5 steps
+    # Each fault lies past the checkpoint the one before leaves, so that every one fires.
+    faults = [
+        ("kill", steps(5, 15)), ("kill_saving", steps(20, 30)), ("kill", steps(35, 45)),
+        ("int", steps(50, 55)), ("kill_saving", steps(65, 70)), ("term", steps(75, 80)),
+        ("kill_timer", float(rng.uniform(0.5, 4.0))), ("none", 0),
+    ]  # fmt: skip
+    workdir, codes = str(tmp_path / "faults"), []
+    for fault, at in faults:
+        script = FAULT_SCRIPT.format(tests=TESTS, run=FAULT_RUN)
+        args = [sys.executable, "-c", script, workdir, fault, str(int(at))]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if fault == "kill_timer":  # a moment chosen by the clock, not by the job
+            assert proc.stdout.readline().strip() == "started"
+            time.sleep(at)
+            proc.kill()
+        out, err = proc.communicate(timeout=600)
+        codes.append(proc.returncode)
+        assert "Traceback" not in err, f"{fault} at {at}: {err[-3000:]}"
+    want = {"kill": -9, "kill_saving": -9, "int": 130, "term": 143, "none": 0}
+    for (fault, at), code in zip(faults, codes, strict=True):
+        if fault in want:
+            assert code == want[fault], (fault, at, codes)
+    trainer = train_lib.Trainer(tiny_toy_config(**FAULT_RUN))
+    (r, r_step), (g, g_step) = _final_state(trainer, ref), _final_state(trainer, workdir)
+    assert r_step == g_step == 100
+    jax.tree.map(np.testing.assert_array_equal, g, r)
+    assert _read(Workdir(workdir).metrics) == _read(Workdir(ref).metrics)

@@ -286,7 +286,7 @@ def test_image_folder(tmp_path):
     chex.assert_shape(t["x"], (2, 10, 10, 1))
     np.testing.assert_array_equal(t["mask"], [True, False])
     np.testing.assert_array_equal(t["label"][:1], -1)
-    with pytest.raises(FileNotFoundError, match=r"split='val'.*\['test', 'train'\]"):
+    with pytest.raises(datasets.DataError, match=r"split='val'.*\['test', 'train'\]"):
         datasets.get_source("image_folder", split="val", image_size=10, data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="needs image_size"):
         datasets.get_source("image_folder", split="test", data_dir=str(tmp_path))

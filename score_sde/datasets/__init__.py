@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import grain
 
-from score_sde.datasets.images import digits, image_folder
+from score_sde.datasets.images import DataError, digits, image_folder
 from score_sde.datasets.pipeline import Source, batches, check_batching
 from score_sde.datasets.scaling import get_data_inverse_scaler, get_data_scaler
 from score_sde.datasets.synthetic import SyntheticSource
@@ -34,6 +34,7 @@ from score_sde.datasets.tfds import DatasetNotPreparedError, tfds_images
 
 __all__ = [
     "DATASETS",
+    "DataError",
     "DatasetInfo",
     "DatasetNotPreparedError",
     "batches",

@@ -24,6 +24,11 @@ DIGITS_TRAIN_SIZE = 1500  # of 1,797; the other 297 are the test split
 _DIGITS_SPLIT_SEED = 0
 
 
+class DataError(ValueError):
+    """Data that cannot be used as configured (a missing folder, no or unreadable files): a
+    user error, told with the path and the fix."""
+
+
 def check_resample(resample: str) -> None:
     if resample not in RESAMPLE:
         raise ValueError(f"resample={resample!r} is unknown; valid: {sorted(RESAMPLE)}.")
@@ -133,8 +138,13 @@ class FolderSource:
         return len(self.files)
 
     def _load(self, path: pathlib.Path) -> np.ndarray:
-        with Image.open(path) as im:
-            im = np.asarray(im.convert("RGB" if self.channels == 3 else "L"))
+        try:
+            with Image.open(path) as im:
+                im = np.asarray(im.convert("RGB" if self.channels == 3 else "L"))
+        except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated files
+            raise DataError(
+                f"{path}: not an image PIL can read ({err}); remove or replace the file."
+            ) from None
         im = im.reshape(*im.shape[:2], self.channels)
         return resize_crop(im, self.image_size, self.resample)
 
@@ -154,18 +164,18 @@ def image_folder(
     and centre-cropped to ``image_size``; RGB unless ``channels=1``."""
     check_resample(resample)
     if data_dir is None:
-        raise ValueError(
+        raise DataError(
             "image_folder needs data_dir=<root> (config.data.data_dir), with images "
             "in <root>/<split>/ or <root>/<split>/<class>/."
         )
     if image_size is None:
-        raise ValueError(
+        raise DataError(
             "image_folder needs image_size (config.data.image_size): files may differ in size."
         )
     root = pathlib.Path(data_dir) / split
     if not root.is_dir():
         found = sorted(p.name for p in pathlib.Path(data_dir).glob("*") if p.is_dir())
-        raise FileNotFoundError(
+        raise DataError(
             f"no folder {root} for split={split!r}; splits found under "
             f"{data_dir}: {found or 'none'}."
         )
@@ -173,7 +183,7 @@ def image_folder(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = sorted(p for p in root.iterdir() if is_image(p))
     if classes and loose:
-        raise ValueError(
+        raise DataError(
             f"{root} holds both image files and class subfolders {classes}; "
             "put every image in a class subfolder, or use no subfolders."
         )
@@ -187,7 +197,7 @@ def image_folder(
     else:
         pairs = [(p, -1) for p in loose]
     if not pairs:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
+        raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}.")
     files, labels = zip(*pairs, strict=True)
     labels = np.array(labels, np.int32)
     return FolderSource(files, labels, len(classes), image_size, channels or 3, resample)

@@ -7,6 +7,7 @@ array_record format beforehand (see ``DatasetNotPreparedError``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,17 +24,19 @@ def _not_prepared_message(name: str, split: str, data_path: str, root: str) -> s
     return (
         f"tfds data set {name!r} (split {split!r}) is not prepared under data_dir={root} "
         f"(looked in {data_path}); nothing is downloaded at run time. Prepare it once on a "
-        "machine with network access:\n"
-        "    pip install 'score-sde[prepare]'\n"
-        f"    tfds build {name} --data_dir={root} --file_format=array_record\n"
-        f"then copy the folder {root} (or only its {name.split(':')[0]}/ part, keeping that "
-        "path) to this machine and pass it as data_dir (config.data.data_dir)."
+        f"machine with network access (pip install 'score-sde[prepare]' && tfds build {name} "
+        f"--data_dir={root} --file_format=array_record), then copy the folder {root} (or only "
+        f"its {name.split(':')[0]}/ part, keeping that path) to this machine and pass it as "
+        "data_dir (config.data.data_dir)."
     )
 
 
 def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, Any]]:
     """``tfds.data_source(name, split, data_dir, download=False)``, failing at once with
     ``DatasetNotPreparedError`` (and how to prepare it) when the data are not there."""
+    folder = os.path.join(data_dir, name.split(":")[0]) if data_dir else None
+    if folder and not os.path.isdir(folder):  # say so before tfds logs its own warnings
+        raise DatasetNotPreparedError(_not_prepared_message(name, split, folder, data_dir))
     import tensorflow_datasets as tfds  # imported lazily: it takes ~1 s
 
     try:

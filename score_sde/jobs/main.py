@@ -10,8 +10,9 @@ validated first: an invalid one stops the job with one line naming the field (ex
 The console script ``score-sde`` takes the same flags.
 
 Exit codes: 0 done; 1 training diverged (the checkpoints before are kept); 2 a user error (the
-config, the data, a checkpoint that does not fit); 143 stopped by SIGTERM (preemption) and 130
-by SIGINT, in training after saving the step reached: run the same command again to resume.
+config, the data, a checkpoint that does not fit, the workdir's disk); 143 stopped by SIGTERM
+(preemption) and 130 by SIGINT, in training after saving the step reached: run the same command
+again to resume.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from score_sde.jobs.errors import EXIT_CONFIG
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -60,15 +63,15 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config"])
 
-EXIT_CONFIG, EXIT_DIVERGED = 2, 1
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports it
-
 
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:  # orbax logs every save at INFO: keep warnings only
         logging.set_verbosity(logging.WARNING)
+    from score_sde.jobs.errors import quiet_orbax_background_errors
+
+    quiet_orbax_background_errors()
     if FLAGS.multihost:
         import jax
 
@@ -106,17 +109,13 @@ def run_job(
     allow_config_change: bool = False,
 ) -> int:
     """Validate ``config`` (an ml_collections.ConfigDict) and run ``mode`` in ``workdir``;
-    returns the exit code: 0, ``EXIT_CONFIG`` for an invalid config or a checkpoint that does
-    not fit it, ``EXIT_DIVERGED`` when training diverged, ``EXIT_SIGTERM`` / ``EXIT_SIGINT``
-    when a signal stopped it (training saves first)."""
+    returns the exit code (``errors.exit_status``): 0, 2 for an invalid config or a user's
+    error, 1 when training diverged, 143 / 130 when SIGTERM / SIGINT stopped it (training
+    saves first)."""
     import jax
 
-    from score_sde.datasets import DatasetNotPreparedError
-    from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
     from score_sde.jobs.config import ConfigError
-    from score_sde.jobs.integrity import DamagedCheckpointError
-    from score_sde.jobs.lock import WorkdirBusyError
-    from score_sde.jobs.train import DivergedError
+    from score_sde.jobs.errors import exit_status
     from score_sde.jobs.validation import from_config_dict
 
     try:
@@ -129,25 +128,12 @@ def run_job(
             cfg, workdir, mode, step=step, num_samples=num_samples, fid=fid,
             eval_timeout=eval_timeout, progress=progress, allow_config_change=allow_config_change,
         )  # fmt: skip
-    except DivergedError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_DIVERGED
-    except Interrupted as err:
-        print(str(err), file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("Interrupted (SIGINT).", file=sys.stderr)
-        return EXIT_SIGINT
-    except (
-        CheckpointMismatchError,
-        NoCheckpointError,
-        ConfigError,
-        DatasetNotPreparedError,
-        WorkdirBusyError,
-        DamagedCheckpointError,
-    ) as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_CONFIG
+    except BaseException as err:
+        status = exit_status(err)
+        if status is None:
+            raise
+        print(status[0], file=sys.stderr)
+        return status[1]
     return 0
 
 

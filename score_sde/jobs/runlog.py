@@ -89,9 +89,18 @@ def truncate_jsonl(path: str, max_step: int) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= max_step]
+        lines = [line for line in f if _step(line) <= max_step]
     with open(path, "w") as f:
         f.writelines(lines)
+
+
+def _step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a blank or partial one (a full disk or a kill
+    can cut the last line short)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class RunLog:

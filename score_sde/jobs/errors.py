@@ -1,0 +1,98 @@
+"""Errors a user (or the machine) causes, told in one line: unusable data, and the file
+system's (a read-only or full disk, a workdir that is a file), wherever in a chain of
+exceptions they surface.
+
+orbax writes checkpoints in a background thread and tensorstore reports the file system's
+errors as status codes (``RESOURCE_EXHAUSTED``), so a full disk can reach the job as a
+``ValueError`` raised at the next save, followed by an ``OSError`` while closing the logs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+
+EXIT_CONFIG, EXIT_DIVERGED = 2, 1
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports it
+
+_NO_SPACE = "free space, then rerun the same command: it resumes from the last checkpoint"
+_FIXES = {
+    errno.ENOSPC: _NO_SPACE,
+    errno.EDQUOT: _NO_SPACE,
+    errno.EROFS: "choose a writable --workdir",
+    errno.EACCES: "choose a --workdir you may write to, or change its permissions",
+    errno.EPERM: "choose a --workdir you may write to, or change its permissions",
+    errno.EEXIST: "a file stands where a folder is needed: choose another --workdir",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another --workdir",
+}
+# tensorstore's status codes for the same errors.
+_STATUS = {"RESOURCE_EXHAUSTED": errno.ENOSPC, "PERMISSION_DENIED": errno.EACCES}
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def exit_status(err: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for an error a job reports without a traceback, or None: a
+    diverged run (1), a signal (128 + its number), a user's error (2)."""
+    from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
+    from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.integrity import DamagedCheckpointError
+    from score_sde.jobs.lock import WorkdirBusyError
+    from score_sde.jobs.train import DivergedError
+
+    if isinstance(err, DivergedError):
+        return str(err), EXIT_DIVERGED
+    if isinstance(err, Interrupted):
+        return str(err), err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return "Interrupted (SIGINT).", EXIT_SIGINT
+    told = (CheckpointMismatchError, NoCheckpointError, ConfigError, WorkdirBusyError)
+    if isinstance(err, told + (DamagedCheckpointError,)):
+        return str(err), EXIT_CONFIG
+    message = user_error(err) if isinstance(err, Exception) else None
+    return None if message is None else (message, EXIT_CONFIG)
+
+
+def user_error(err: BaseException) -> str | None:
+    """One line for a user's error anywhere in ``err``'s chain (unusable data, or the file
+    system's), or None. The input pipeline may re-raise a reader's error in another type."""
+    from score_sde.datasets import DataError, DatasetNotPreparedError
+
+    for e in _chain(err):
+        if isinstance(e, DataError | DatasetNotPreparedError):
+            return str(e)
+    return file_system_error(err)
+
+
+def file_system_error(err: BaseException) -> str | None:
+    """One line for a file-system error anywhere in ``err``'s chain, or None."""
+    for e in _chain(err):
+        if isinstance(e, OSError) and e.errno in _FIXES:
+            where = f": {e.filename}" if e.filename else ""
+            return f"{os.strerror(e.errno)}{where}: {_FIXES[e.errno]}."
+        for status, code in _STATUS.items():
+            if str(e).startswith(status):
+                path = re.search(r'local file "([^"]+)"', str(e))
+                where = f": {path[1]}" if path else f" ({str(e).splitlines()[0][:200]})"
+                return f"{os.strerror(code)}{where}: {_FIXES[code]}."
+    return None
+
+
+class _DropOrbaxTracebacks(logging.Filter):
+    """orbax logs a failed background write with its traceback and raises it again in the
+    main thread, where the job reports it: keep the one report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and "orbax" in record.pathname)
+
+
+def quiet_orbax_background_errors() -> None:
+    logging.getLogger("absl").addFilter(_DropOrbaxTracebacks())
