@@ -50,9 +50,10 @@ def _flops(step: train.TrainStep, state, batches) -> float:
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
-def bench(name: str, cfg, steps: int, scan: bool | None, peak: float) -> dict:
-    """Time ``steps`` optimiser steps (after a first, compiling chunk) of ``cfg``."""
-    trainer = train.Trainer(cfg)
+def bench(name: str, cfg, steps: int, scan: bool | None, peak: float, mesh=None) -> dict:
+    """Time ``steps`` optimiser steps (after a first, compiling chunk) of ``cfg`` on ``mesh``
+    (default: every device)."""
+    trainer = train.Trainer(cfg, mesh=mesh)
     step_fn = train.make_train_step(
         trainer.exp.loss_builder(train=True), trainer.optimizer, cfg.model.ema_rate,
         trainer.mesh, trainer.exp.prepare_batch, scan=scan,
