@@ -111,6 +111,49 @@ def test_a_full_disk_during_a_checkpoint_stops_cleanly_and_the_run_resumes_bitwi
     jax.tree.map(np.testing.assert_array_equal, *(jax.device_get(s) for s, _ in final))
 
 
+ORPHANED_WRITE = """
+import asyncio, gc, sys, tensorstore as ts
+sys.path.insert(0, sys.argv[1])
+from waiter import waiter
+if sys.argv[2] == "quiet":
+    from score_sde.jobs.errors import quiet_orbax_background_errors
+    quiet_orbax_background_errors()
+promise, future = ts.Promise.new()
+loop = asyncio.new_event_loop()
+
+async def orphan_a_write():  # as orbax does when a sibling write fails
+    loop.create_task(waiter(future))
+    await asyncio.sleep(0)
+
+loop.run_until_complete(orphan_a_write())
+loop.close()
+promise.set_result(1)
+gc.collect()
+
+class Unrelated:
+    def __del__(self):
+        raise ValueError("an unrelated error in __del__")
+
+Unrelated()
+"""
+
+
+def test_writes_orphaned_by_a_failed_save_print_nothing(tmp_path):
+    """orbax closes a save's event loop when one write fails (a full disk) and leaves the
+    other writes pending; when they end, tensorstore reports the closed loop as unraisable and
+    asyncio logs the destroyed task: the job drops both, and only those."""
+    orbax_like = tmp_path / "orbax"
+    orbax_like.mkdir()
+    (orbax_like / "waiter.py").write_text("async def waiter(future):\n    await future\n")
+    script = [sys.executable, "-c", ORPHANED_WRITE, str(orbax_like)]
+    loud = subprocess.run([*script, "loud"], capture_output=True, text=True, env=subprocess_env())
+    quiet = subprocess.run([*script, "quiet"], capture_output=True, text=True, env=subprocess_env())
+    assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
+    for noise in ("Event loop is closed", "Task was destroyed but it is pending"):
+        assert noise in loud.stderr and noise not in quiet.stderr, quiet.stderr
+    assert "an unrelated error in __del__" in quiet.stderr
+
+
 def test_a_tfds_set_that_is_not_prepared(tmp_path, capsys):
     config = config_dict(
         "digits.py",

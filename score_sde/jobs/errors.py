@@ -13,6 +13,8 @@ import errno
 import logging
 import os
 import re
+import sys
+import traceback
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports it
@@ -94,5 +96,37 @@ class _DropOrbaxTracebacks(logging.Filter):
         return not (record.exc_info and "orbax" in record.pathname)
 
 
+class _DropOrphanedTasks(logging.Filter):
+    """asyncio's "Task was destroyed but it is pending" for orbax's writes orphaned by a
+    failed save (the save's own error is reported)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            str(record.msg).startswith("Task was destroyed") and "orbax" in record.getMessage()
+        )
+
+
+def _closed_loop_wakeup(unraisable) -> bool:
+    """A tensorstore write finishing after the orbax event loop that awaited it was closed:
+    orbax closes a save's loop when one write fails, leaving its sibling writes pending, and
+    tensorstore reports their late wake-up as unraisable (no ``object``)."""
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (
+        unraisable.object is None
+        and isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and bool(frames)
+        and frames[0].name == "call_soon_threadsafe"
+    )
+
+
 def quiet_orbax_background_errors() -> None:
     logging.getLogger("absl").addFilter(_DropOrbaxTracebacks())
+    logging.getLogger("asyncio").addFilter(_DropOrphanedTasks())
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not _closed_loop_wakeup(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
