@@ -2,6 +2,7 @@
 over from a holder that died), and a resume that stops when the config is not the run's."""
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -70,6 +71,28 @@ def test_a_lock_held_in_this_process_is_exclusive_too(tmp_path):
                 pass
     with lock_lib.exclusive(path):  # released on exit
         pass
+
+
+def test_a_file_system_without_locks_is_told_apart_from_a_busy_workdir(
+    tmp_path, monkeypatch, capsys
+):
+    """flock failing with ENOSYS (Lustre without -o flock) is not "being trained by another
+    job": one line naming the lock file, the cause and the fix; exit 2, nothing written."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(lock_lib.fcntl, "flock", no_locks)
+    wd = Workdir(str(tmp_path / "run"))
+    capsys.readouterr()
+    assert main_lib.run_job(config_dict("toy/ring8_vp.py", TINY_TOY), wd.root, progress=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"{wd.lock} cannot be locked (Function not implemented): the file system does not "
+        "support file locks; use a --workdir on one that does (local disk, NFSv4) or mount it "
+        "with locks on (Lustre: -o flock)."
+    )
+    assert sorted(os.listdir(wd.root)) == ["train.lock"]
 
 
 def test_a_resume_with_another_config_stops_listing_the_fields(tmp_path, capsys):

@@ -25,6 +25,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from score_sde.jobs.errors import first_line
 from score_sde.jobs.integrity import (
     DamagedCheckpointError,
     all_agree,
@@ -183,7 +184,7 @@ class Checkpointer:
         except Exception as err:  # a missing or corrupt JSON file
             where = os.path.join(self.directory, str(step))
             raise DamagedCheckpointError(
-                f"Checkpoint {where}'s config cannot be read ({_first_line(err)})"
+                f"Checkpoint {where}'s config cannot be read ({_described(err)})"
             ) from err
         return dict(out[CONFIG]), dict(out[METADATA])
 
@@ -248,7 +249,7 @@ class Checkpointer:
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax, tensorstore and json raise many types for bad files
-            raise DamagedCheckpointError(f"{where} cannot be read ({_first_line(err)})") from err
+            raise DamagedCheckpointError(f"{where} cannot be read ({_described(err)})") from err
         state = out[STATE]
         if CHECKSUMS in items:
             verify(state, dict(out[CHECKSUMS]), where)
@@ -266,7 +267,7 @@ class Checkpointer:
                 raise ValueError("no state metadata")
             return {k: v for k, v in saved.items() if k not in skip}
         except Exception as err:  # orbax raises many types for a missing or bad metadata file
-            raise DamagedCheckpointError(f"{where} cannot be read ({_first_line(err)})") from err
+            raise DamagedCheckpointError(f"{where} cannot be read ({_described(err)})") from err
 
     def restore_newest_good(
         self, target: Any, *, iterators: Mapping[str, Any] | None = None, damaged_dir: str
@@ -310,11 +311,8 @@ def _as_dict(state: Any) -> dict[str, Any]:
     return dict(state)
 
 
-def _first_line(err: Exception) -> str:
-    """The error's type and first sentence (tensorstore appends its whole spec)."""
-    lines = str(err).strip().splitlines()
-    first = lines[0].split(" See full TensorStore details")[0] if lines else ""
-    return f"{type(err).__name__}: {first}"[:200]
+def _described(err: Exception) -> str:
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def _data_item(name: str) -> str:

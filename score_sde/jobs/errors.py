@@ -41,28 +41,6 @@ def _chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def exit_status(err: BaseException) -> tuple[str, int] | None:
-    """(one line, exit code) for an error a job reports without a traceback, or None: a
-    diverged run (1), a signal (128 + its number), a user's error (2)."""
-    from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
-    from score_sde.jobs.config import ConfigError
-    from score_sde.jobs.integrity import DamagedCheckpointError
-    from score_sde.jobs.lock import WorkdirBusyError
-    from score_sde.jobs.train import DivergedError
-
-    if isinstance(err, DivergedError):
-        return str(err), EXIT_DIVERGED
-    if isinstance(err, Interrupted):
-        return str(err), err.exit_code
-    if isinstance(err, KeyboardInterrupt):
-        return "Interrupted (SIGINT).", EXIT_SIGINT
-    told = (CheckpointMismatchError, NoCheckpointError, ConfigError, WorkdirBusyError)
-    if isinstance(err, told + (DamagedCheckpointError,)):
-        return str(err), EXIT_CONFIG
-    message = user_error(err) if isinstance(err, Exception) else None
-    return None if message is None else (message, EXIT_CONFIG)
-
-
 def user_error(err: BaseException) -> str | None:
     """One line for a user's error anywhere in ``err``'s chain (unusable data, or the file
     system's), or None. The input pipeline may re-raise a reader's error in another type."""
@@ -74,6 +52,15 @@ def user_error(err: BaseException) -> str | None:
     return file_system_error(err)
 
 
+def first_line(err: BaseException) -> str:
+    """The error's first line, without the spec tensorstore appends, at most 200 characters."""
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else ""
+    for appendix in (" See full TensorStore details", " [tensorstore_spec"):
+        first = first.split(appendix)[0]
+    return first[:200]
+
+
 def file_system_error(err: BaseException) -> str | None:
     """One line for a file-system error anywhere in ``err``'s chain, or None."""
     for e in _chain(err):
@@ -83,7 +70,7 @@ def file_system_error(err: BaseException) -> str | None:
         for status, code in _STATUS.items():
             if str(e).startswith(status):
                 path = re.search(r'local file "([^"]+)"', str(e))
-                where = f": {path[1]}" if path else f" ({str(e).splitlines()[0][:200]})"
+                where = f": {path[1]}" if path else f" ({first_line(e)})"
                 return f"{os.strerror(code)}{where}: {_FIXES[code]}."
     return None
 

@@ -11,6 +11,7 @@ the server honours them. Readers (an eval job beside training) take no lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -27,6 +28,14 @@ class WorkdirBusyError(RuntimeError):
     """Another training job holds the workdir."""
 
 
+class NoLockSupportError(RuntimeError):
+    """The workdir's file system cannot lock files (Lustre mounted without ``flock``, some
+    FUSE and old NFS mounts)."""
+
+
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
 def _holder() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
 
@@ -37,9 +46,15 @@ def _try_lock(path: str) -> tuple[int | None, str]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
         holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         os.close(fd)
+        if err.errno not in _BUSY:
+            raise NoLockSupportError(
+                f"{path} cannot be locked ({os.strerror(err.errno)}): the file system does not "
+                "support file locks; use a --workdir on one that does (local disk, NFSv4) or "
+                "mount it with locks on (Lustre: -o flock)."
+            ) from err
         return None, holder
     previous = os.pread(fd, 4096, 0).decode(errors="replace").strip()
     os.ftruncate(fd, 0)

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from score_sde.jobs.errors import EXIT_CONFIG
+from score_sde.jobs.errors import EXIT_CONFIG, EXIT_DIVERGED, EXIT_SIGINT, user_error
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -109,13 +109,12 @@ def run_job(
     allow_config_change: bool = False,
 ) -> int:
     """Validate ``config`` (an ml_collections.ConfigDict) and run ``mode`` in ``workdir``;
-    returns the exit code (``errors.exit_status``): 0, 2 for an invalid config or a user's
+    returns the exit code (``exit_status``): 0, 2 for an invalid config or a user's
     error, 1 when training diverged, 143 / 130 when SIGTERM / SIGINT stopped it (training
     saves first)."""
     import jax
 
     from score_sde.jobs.config import ConfigError
-    from score_sde.jobs.errors import exit_status
     from score_sde.jobs.validation import from_config_dict
 
     try:
@@ -135,6 +134,28 @@ def run_job(
         print(status[0], file=sys.stderr)
         return status[1]
     return 0
+
+
+def exit_status(err: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for an error a job reports without a traceback, or None: a
+    diverged run (1), a signal (128 + its number), a user's error (2)."""
+    from score_sde.jobs.checkpoint import CheckpointMismatchError, Interrupted, NoCheckpointError
+    from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.integrity import DamagedCheckpointError
+    from score_sde.jobs.lock import NoLockSupportError, WorkdirBusyError
+    from score_sde.jobs.train import DivergedError
+
+    if isinstance(err, DivergedError):
+        return str(err), EXIT_DIVERGED
+    if isinstance(err, Interrupted):
+        return str(err), err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return "Interrupted (SIGINT).", EXIT_SIGINT
+    told = (CheckpointMismatchError, NoCheckpointError, ConfigError, DamagedCheckpointError)
+    if isinstance(err, told + (WorkdirBusyError, NoLockSupportError)):
+        return str(err), EXIT_CONFIG
+    message = user_error(err) if isinstance(err, Exception) else None
+    return None if message is None else (message, EXIT_CONFIG)
 
 
 def _run_mode(cfg, workdir: str | None, mode: str, *, step, num_samples, fid, eval_timeout,

@@ -263,9 +263,10 @@ class Trainer:
         return init_state(self.cfg.seed, self.exp.params, self.exp.rest, self.mesh, self.optimizer)
 
     def _resume(self, wd: Workdir, allow_config_change: bool):
-        """(state, checkpointer, data iterators): the latest checkpoint's, or fresh ones. A
-        resume whose config differs from the checkpoint's beyond ``config.RESUMABLE`` stops
-        unless ``allow_config_change``; the config is saved in the workdir."""
+        """(state, checkpointer, data iterators, restored step or None): the latest good
+        checkpoint's, or fresh ones. A resume whose config differs from the checkpoint's
+        beyond ``config.RESUMABLE`` stops unless ``allow_config_change``; the config is saved
+        in the workdir."""
         tc = self.cfg.training
         iterators = {
             "train": self.exp.data_iterator("train"),
@@ -275,6 +276,7 @@ class Trainer:
             wd.checkpoints, max_to_keep=tc.keep_checkpoints, keep_period=tc.snapshot_freq
         )
         state, config_json = self.initial_state(), experiment_lib.config_to_json(self.cfg)
+        restored_step = None
         restored = ckpt.restore_newest_good(state, iterators=iterators, damaged_dir=wd.damaged)
         if restored is not None:
             changes = config_changes(ckpt.read_json(restored[1])[0], config_json)
@@ -284,13 +286,13 @@ class Trainer:
                     f"{'; '.join(changes)}. Resume with that config (saved in {wd.config}), "
                     "train in a fresh --workdir, or pass --allow_config_change to accept."
                 )
-            state = restored[0]
+            state, restored_step = restored
             say(f"Resumed from step {int(state.step)} of {ckpt.directory}.")
             if changes:
                 say(f"With config changes: {'; '.join(changes)}.")
         if jax.process_index() == 0:
             runlog_lib.write_json(wd.config, config_json)
-        return state, ckpt, iterators
+        return state, ckpt, iterators, restored_step
 
     def run(
         self, workdir: str, *, progress: bool = True, allow_config_change: bool = False
@@ -310,7 +312,7 @@ class Trainer:
 
     def _run(self, wd: Workdir, progress: bool, allow_config_change: bool) -> TrainState:
         cfg, tc, exp, mesh = self.cfg, self.cfg.training, self.exp, self.mesh
-        state, ckpt, iterators = self._resume(wd, allow_config_change)
+        state, ckpt, iterators, restored_step = self._resume(wd, allow_config_change)
         train_it, eval_it = iterators["train"], iterators["eval"]
         step = start_step = int(state.step)
         log = runlog_lib.RunLog(
@@ -319,7 +321,7 @@ class Trainer:
         )  # fmt: skip
         config_json = experiment_lib.config_to_json(cfg)
         meta = dict(param_count=exp.param_count, process_count=jax.process_count())
-        guard = Guard(tc, saved=step if ckpt.latest_step() is not None else None)
+        guard = Guard(tc, saved=restored_step)
         pending = None  # (step, metrics) of the previous chunk, read after the next is dispatched
         started = time.perf_counter()
         try:
