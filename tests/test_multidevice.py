@@ -21,6 +21,8 @@ from helpers import (
 )
 
 from score_sde.jobs import train as train_lib
+from score_sde.jobs.checkpoint import Checkpointer
+from score_sde.jobs.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # subprocess jobs: CI runs them on python3 (3.11) only
 
@@ -167,3 +169,105 @@ def test_fid_inception_and_sampler_sharded_over_eight_devices(tmp_path):
     assert out["rows"] == out["sample_rows"] == 2  # 16 images, 2 per device
     assert out["features"] <= 1e-5 * out["scale"] and out["logits"] <= 1e-4
     assert out["pixels"] <= 1  # a rounding at the 8-bit quantisation at most
+
+
+MULTIHOST_JOB = textwrap.dedent(
+    """
+    import os, signal, sys
+    import jax
+    workdir, mode, port, process, processes, kill_at = sys.argv[1:7]
+    if int(processes) > 1:
+        jax.distributed.initialize(
+            f"127.0.0.1:{{port}}", num_processes=int(processes), process_id=int(process)
+        )
+    from helpers import TINY_TOY, config_dict
+    from score_sde.jobs import checkpoint, main
+
+    save = checkpoint.Checkpointer.save
+
+    def save_then_kill(self, step, *args, **kw):  # SIGKILL while checkpoint `kill_at` is written
+        out = save(self, step, *args, **kw)
+        if step == int(kill_at):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    checkpoint.Checkpointer.save = save_then_kill
+    config = config_dict("toy/ring8_vp.py", {{**TINY_TOY, **{run!r}}})
+    sys.exit(main.run_job(config, workdir, mode=mode, progress=False))
+    """
+)
+MULTIHOST_RUN = {
+    "training.n_iters": 30,
+    "training.eval_freq": 10,
+    "training.snapshot_freq": 15,
+    "eval.begin_ckpt": 30,
+    "eval.num_samples": 64,
+    "eval.batch_size": 32,
+}
+
+
+def _job(workdir, mode, processes: int, devices: int, kill_at: int = -1) -> list[int]:
+    """Exit codes of ``processes`` jax.distributed processes with ``devices`` CPU devices each
+    running ``mode`` in ``workdir`` (a SIGKILL in every process at checkpoint ``kill_at``)."""
+    script = MULTIHOST_JOB.format(run=MULTIHOST_RUN)
+    env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                workdir,
+                mode,
+                str(port),
+                str(i),
+                str(processes),
+                str(kill_at),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for i in range(processes)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode in (0, -9), err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+    return [p.returncode for p in procs], outs[0][0]
+
+
+def test_two_hosts_killed_and_resumed_train_and_evaluate_like_one_host(tmp_path):
+    """2 processes x 2 CPU devices, both SIGKILLed while checkpoint 20 is written, then run
+    again: the run resumes and ends as 1 process x 4 devices does (losses, parameters, EMA);
+    evaluating it across the 2 processes gives the 1-process loss, bits/dim and samples."""
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert _job(one, "train", processes=1, devices=4)[0] == [0]
+    assert _job(two, "train", processes=2, devices=2, kill_at=20)[0] == [-9, -9]
+    assert max(_losses(two))[0] == 20  # killed after step 20 was logged, before 25
+    codes, out = _job(two, "train", processes=2, devices=2)
+    assert codes == [0, 0] and "Resumed from step" in out, out
+    a, b = _losses(one), _losses(two)
+    assert sorted(a) == sorted(b) and len(a) == 9  # 6 train + 3 eval losses
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=str(key))
+    trainer = train_lib.Trainer(tiny_toy_config(**MULTIHOST_RUN))
+    final = [
+        jax.device_get(Checkpointer(Workdir(w).checkpoints, read_only=True).restore(
+            trainer.initial_state())[0])
+        for w in (one, two)
+    ]  # fmt: skip
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), *final)
+
+    assert _job(one, "eval", processes=1, devices=4)[0] == [0]
+    assert _job(two, "eval", processes=2, devices=2)[0] == [0, 0]
+    reports = [json.load(open(Workdir(w).report))["checkpoints"]["30"] for w in (one, two)]
+    for name in ("loss", "bpd", "nll_nats", "sliced_wasserstein", "energy_distance"):
+        np.testing.assert_allclose(reports[1][name], reports[0][name], rtol=1e-5, err_msg=name)
+    assert reports[0]["bpd_nfe"] == reports[1]["bpd_nfe"] and reports[1]["num_samples"] == 64
+    drawn = [np.load(os.path.join(Workdir(w).eval, "samples_30.npz")) for w in (one, two)]
+    assert drawn[0].files == drawn[1].files
+    for name in drawn[0].files:
+        np.testing.assert_allclose(drawn[1][name], drawn[0][name], rtol=1e-5, atol=1e-6)
