@@ -28,7 +28,7 @@ SCORE_FN = analytic.GaussianMixture(
 EPS = SDE.sampling_eps
 # (predictor, corrector) of each method, as pc.integrate runs them (snr 0.16, one corrector move).
 MOVES = {
-    "pc": ("reverse_diffusion", "langevin"),
+    "pc": ("reverse_diffusion", "ald"),
     "euler_maruyama": ("euler_maruyama", "none"),
     "ancestral": ("ancestral", "none"),
 }

@@ -70,6 +70,9 @@ def _langevin_move(key, sde, score_fn, x, t, step_size):
 def langevin_corrector(key, sde, score_fn, x, t, snr):
     """Langevin MCMC (Song et al. 2021, Alg. 4): step 2 alpha_i (snr |z| / |s|)², per example.
 
+    Biased: the step depends on x and on the move's own noise z, so the move does not leave
+    p_t invariant (sharp modes spread as steps are added; tests/test_sampling.py's xfail).
+
     The step eps makes the score move r = snr times the noise move: |eps s| / |sqrt(2 eps) z| =
     r sqrt(alpha_i); ALD's eps = 2 alpha_i (r sigma_t)² is the same on average, since |s| ≈
     |z| / sigma_t. alpha_i is 1 - beta_i on the DDPM chain (VP) and 1 otherwise.
@@ -136,7 +139,7 @@ def integrate(
     ts: Array,
     *,
     predictor: str = "reverse_diffusion",
-    corrector: str = "langevin",
+    corrector: str = "ald",
     snr: float = 0.16,
     n_corrector_steps: int = 1,
     denoise: bool = True,
@@ -150,7 +153,9 @@ def integrate(
 
     Args:
       predictor: "reverse_diffusion", "euler_maruyama", "ancestral" or "none".
-      corrector: "langevin", "ald" or "none".
+      corrector: "ald" (default: its step does not depend on x, so it keeps p_t up to the
+        step's O(eps) bias), "langevin" (Song et al.'s Alg. 4 with per-example norms: biased,
+        see ``langevin_corrector``) or "none".
       snr: the corrector's signal-to-noise ratio r (see ``langevin_corrector``); Song et al.
         use 0.16 (CIFAR-10), smaller is gentler.
       n_corrector_steps: corrector moves after each predictor move.
