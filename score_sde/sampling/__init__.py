@@ -31,7 +31,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 from score_sde import checks
-from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc
+from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc, unipc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,12 @@ METHODS = {
         dpm_solver_adaptive.grid,
         ("eps",),
         ("order", "rtol", "atol", "h_init", "theta", "prediction", "max_steps"),
+    ),
+    "unipc": Method(
+        unipc.integrate,
+        unipc.grid,
+        ("n_steps", "time_grid", "eps"),
+        ("order", "prediction", "variant", "corrector", "lower_order_final"),
     ),
     "heun": Method(
         edm.integrate,
