@@ -7,6 +7,7 @@ score = -eps / sigma and x0 = (x_t + sigma² score) / alpha (Tweedie's formula).
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
 from score_sde.sde import SDE
 
@@ -57,3 +58,10 @@ def score_fn_from(sde: SDE, model_fn: Callable, kind: str) -> Callable:
 def tweedie_denoise(sde: SDE, score: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
     """E[x0 | x_t] = (x_t + sigma² score) / alpha: the final noise-free step."""
     return from_score(sde, score, x, t, "x0")
+
+
+def denoise_at(sde: SDE, score_fn: Callable, x: jax.Array, t: jax.Array) -> jax.Array:
+    """``tweedie_denoise`` at the scalar time t, one score evaluation: the samplers' last step
+    from the end time eps to the data."""
+    t = jnp.full(x.shape[:1], t, x.dtype)
+    return tweedie_denoise(sde, score_fn(x, t), x, t)

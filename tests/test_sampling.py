@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from score_sde import analytic, metrics, sampling
+from score_sde import analytic, metrics, parameterization, sampling
 from score_sde import sde as sde_lib
 from score_sde.sampling import pc
 
@@ -268,23 +268,31 @@ ONE_OF_EACH = {  # method -> options that make each loop take its non-default pa
     "dpm_solver": dict(n_steps=5, order=3, stepping="singlestep"),
     "dpm_solver_adaptive": dict(order=2),
     "heun": dict(n_steps=4, S_churn=2.0),
+    "unipc": dict(n_steps=5, order=2, variant="bh1"),
 }
 
 
 @pytest.mark.parametrize("method", sorted(ONE_OF_EACH))
 def test_sample_is_the_solver_from_the_prior_on_the_method_grid(method):
-    """sample = solve(second key, prior from the first key, the method's grid), for every
-    method: the front door adds nothing but the prior and the grid."""
+    """sample = solve(second key, prior from the first key, the method's grid), then the
+    denoising step where the grid ends at eps > 0, for every method: the front door adds
+    nothing but the prior, the grid and that step."""
     sde, rng, shape = SDES["vp"], jax.random.PRNGKey(3), (5, 2)
     options = ONE_OF_EACH[method]
     m = sampling.METHODS[method]
-    grid = m.grid(sde, **{k: v for k, v in options.items() if k in m.grid_options})
+    grid_options = {k: v for k, v in options.items() if k in m.grid_options}
+    grid = m.grid(sde, **grid_options)
     solver_options = {k: v for k, v in options.items() if k in m.options}
     prior_key, solve_key = jax.random.split(rng)
     x_T = sde.prior_sampling(prior_key, shape)
     want, want_nfe = sampling.solve(
         solve_key, sde, score_fn(sde), x_T, grid, method=method, **solver_options
     )
+    denoised = options.get("denoise", True) and not m.ends_at_data(grid_options)
+    assert denoised == (method not in ("heun", "euler_maruyama"))  # heun's grid ends at 0
+    if denoised:
+        want = parameterization.denoise_at(sde, score_fn(sde), want, grid[-1])
+        want_nfe = want_nfe + 1
     got, nfe = sampling.sample(rng, sde, score_fn(sde), shape, method=method, **options)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     assert int(nfe) == int(want_nfe) > 0
@@ -301,7 +309,9 @@ def test_each_method_lists_exactly_the_options_of_its_loop_and_grid():
     for name, m in sampling.METHODS.items():
         assert set(m.options) == keywords(m.integrate), name
         assert set(m.grid_options) == keywords(m.grid), name
-    assert sampling.method_options("ddim") == ("n_steps", "time_grid", "eps", "discrete", "eta")
+    assert sampling.method_options("ddim") == (
+        "n_steps", "time_grid", "eps", "discrete", "eta", "denoise"
+    )  # fmt: skip
 
 
 # --- seeds ---------------------------------------------------------------------------------------

@@ -253,7 +253,9 @@ def test_nfe_is_n_steps_and_sample_is_the_solver_on_its_grid(options):
     x_T = sde.prior_sampling(prior_key, shape)
     runs = []
     for run in (
-        lambda: sampling.sample(rng, sde, score_fn, shape, method="unipc", **options),
+        lambda: sampling.sample(
+            rng, sde, score_fn, shape, method="unipc", denoise=False, **options
+        ),
         lambda: sampling.solve(solve_key, sde, score_fn, x_T, ts, method="unipc", **solver_options),
     ):
         CALLS.clear()

@@ -7,6 +7,12 @@ ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, 
 ``trajectory`` also returns the states at chosen times. Each method is one ``Method`` of
 ``METHODS``: its loop (``integrate``), its grid, and the options each of them takes.
 
+``sample`` and ``trajectory`` end with a denoising step (``denoise=True``): a grid that stops
+at the end time eps > 0 leaves noise of std sigma(eps) (about sqrt(beta_min eps) for VP), which
+inflates narrow modes, so the samples are E[x_0 | x_eps] (Tweedie), one more evaluation. Grids
+that end at the data (``heun``'s, ``ddim``'s with ``discrete=True``) need none. ``solve``
+returns x at the caller's ts[-1].
+
 ``score_fn`` may be a ``jax.tree_util.Partial`` over model parameters: new parameters then reuse
 the compiled sampler. Any other callable is treated as static (a new one recompiles).
 
@@ -30,7 +36,7 @@ import jax
 import numpy as np
 from jax.tree_util import Partial
 
-from score_sde import checks
+from score_sde import checks, parameterization
 from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc, unipc
 
 
@@ -44,21 +50,30 @@ class Method:
     grid: Callable
     grid_options: tuple[str, ...]
     options: tuple[str, ...]
+    ends_at_data: Callable[[dict], bool] = lambda grid_options: False
+
+
+def _discrete_chain(grid_options: dict) -> bool:
+    return grid_options.get("discrete", False)
 
 
 _PC_GRID = ("n_steps", "eps")
 METHODS = {
-    "euler_maruyama": Method(pc.euler_maruyama, pc.grid, _PC_GRID, ("denoise",)),
+    "euler_maruyama": Method(pc.euler_maruyama, pc.grid, _PC_GRID, ()),
     "pc": Method(
         pc.integrate,
         pc.grid,
         _PC_GRID,
-        ("predictor", "corrector", "snr", "n_corrector_steps", "denoise", "probability_flow"),
+        ("predictor", "corrector", "snr", "n_corrector_steps", "probability_flow"),
     ),
-    "ancestral": Method(pc.ancestral, pc.grid, _PC_GRID, ("denoise",)),
-    "ode": Method(ode.integrate, ode.grid, ("eps",), ("rtol", "atol", "denoise", "solver")),
+    "ancestral": Method(pc.ancestral, pc.grid, _PC_GRID, ()),
+    "ode": Method(ode.integrate, ode.grid, ("eps",), ("rtol", "atol", "solver")),
     "ddim": Method(
-        ddim.integrate, ddim.grid, ("n_steps", "time_grid", "eps", "discrete"), ("eta", "discrete")
+        ddim.integrate,
+        ddim.grid,
+        ("n_steps", "time_grid", "eps", "discrete"),
+        ("eta", "discrete"),
+        ends_at_data=_discrete_chain,
     ),
     "dpm_solver": Method(
         dpm_solver.integrate,
@@ -83,6 +98,7 @@ METHODS = {
         edm.grid,
         ("n_steps", "rho", "time_grid", "eps"),
         ("S_churn", "S_tmin", "S_tmax", "S_noise"),
+        ends_at_data=lambda grid_options: True,  # EDM's grid ends at sigma = 0
     ),
 }
 
@@ -94,9 +110,9 @@ def _method(method: str) -> Method:
 
 
 def method_options(method: str) -> tuple[str, ...]:
-    """The options ``sample`` accepts for ``method``: its grid's, then its solver's."""
+    """The options ``sample`` accepts for ``method``: its grid's, its solver's, ``denoise``."""
     m = _method(method)
-    return tuple(dict.fromkeys(m.grid_options + m.options))
+    return tuple(dict.fromkeys(m.grid_options + m.options + ("denoise",)))
 
 
 def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
@@ -117,15 +133,18 @@ def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
     return tuple(sorted(options.items()))
 
 
-def _split(method: str, sde, options: dict) -> tuple[tuple, tuple]:
-    """(grid options, solver options) of ``sample``'s options, each static, after checking
-    their values."""
+def _split(method: str, sde, options: dict) -> tuple[tuple, tuple, bool]:
+    """(grid options, solver options, denoise) of ``sample``'s options, the options static,
+    after checking their values."""
     m = _method(method)
     _static(method, options, method_options(method))
     checks.options(options, sde.T)
+    denoise = options.get("denoise", True)
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise={denoise!r}: use True or False.")
     grid = {k: v for k, v in options.items() if k in m.grid_options}
     solver = {k: v for k, v in options.items() if k in m.options}
-    return tuple(sorted(grid.items())), tuple(sorted(solver.items()))
+    return tuple(sorted(grid.items())), tuple(sorted(solver.items())), denoise
 
 
 def _partial(score_fn) -> Partial:
@@ -162,14 +181,19 @@ def _hint(method: str) -> str:
     return ""
 
 
-@functools.partial(jax.jit, static_argnames=("method", "shape", "grid", "options", "save_at"))
-def _run(rng, sde, score_fn, *, method, shape, grid, options, save_at):
+@functools.partial(
+    jax.jit, static_argnames=("method", "shape", "grid", "options", "save_at", "denoise")
+)
+def _run(rng, sde, score_fn, *, method, shape, grid, options, save_at, denoise):
     m = METHODS[method]
     ts = m.grid(sde, **dict(grid))
     prior_key, solve_key = jax.random.split(rng)
     x = sde.prior_sampling(prior_key, shape)
     checks.score_output(score_fn, x)  # at trace time: once per compilation
-    return m.integrate(solve_key, sde, score_fn, x, ts, save_at=save_at, **dict(options))
+    x, nfe, traj = m.integrate(solve_key, sde, score_fn, x, ts, save_at=save_at, **dict(options))
+    if denoise and not m.ends_at_data(dict(grid)):
+        x, nfe = parameterization.denoise_at(sde, score_fn, x, ts[-1]), nfe + 1
+    return x, nfe, traj
 
 
 def sample(rng, sde, score_fn, shape, method: str = "pc", *, on_nonfinite: str = "warn", **options):
@@ -177,16 +201,17 @@ def sample(rng, sde, score_fn, shape, method: str = "pc", *, on_nonfinite: str =
 
     Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
     ``shape`` is (batch, *data dims), all >= 1; ``on_nonfinite`` ("warn", "raise", "ignore")
-    reports samples that are NaN or inf (see the module docstring).
+    reports samples that are NaN or inf; ``denoise`` (default True) ends a grid that stops at
+    eps with E[x_0 | x_eps], one more evaluation (see the module docstring).
     """
     if "save_at" in options:
         raise TypeError("save_at: call sampling.trajectory for the states at those times.")
     shape = checks.batch_shape(shape)
     checks.on_nonfinite(on_nonfinite)
-    grid, options = _split(method, sde, options)
+    grid, options, denoise = _split(method, sde, options)
     x, nfe, _ = _run(
         rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
-        save_at=(),
+        save_at=(), denoise=denoise,
     )  # fmt: skip
     checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe
@@ -202,14 +227,14 @@ def trajectory(
     samples' steps nor nfe. ``on_nonfinite`` reports non-finite samples, as for ``sample``."""
     shape = checks.batch_shape(shape)
     checks.on_nonfinite(on_nonfinite)
-    grid, options = _split(method, sde, options)
+    grid, options, denoise = _split(method, sde, options)
     ts = np.asarray(METHODS[method].grid(sde, **dict(grid)))
     t_a, t_b = float(ts[0]), max(float(ts[-1]), 0.0)
     slack = 4 * np.finfo(ts.dtype).eps * max(abs(t_a), abs(t_b))
     grids.check_save_at(save_at, round(t_a, 12), round(t_b, 12), slack)
     x, nfe, traj = _run(
         rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
-        save_at=tuple(float(t) for t in save_at),
+        save_at=tuple(float(t) for t in save_at), denoise=denoise,
     )  # fmt: skip
     checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe, traj

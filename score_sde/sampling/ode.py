@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_sde import odeint, parameterization
+from score_sde import odeint
 from score_sde.sde import SDE
 
 Array = jax.Array
@@ -29,16 +29,15 @@ def grid(sde: SDE, *, eps: float | None = None) -> Array:
 
 def integrate(
     rng, sde: SDE, score_fn, x: Array, ts: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
-    denoise: bool = True, solver: str = "tsit5", save_at: tuple = (),
+    solver: str = "tsit5", save_at: tuple = (),
 ) -> tuple[Array, Array, Array]:  # fmt: skip
     """The probability-flow ODE (Song et al. 2021, Eq. 13) from x at ts[0] to ts[-1].
 
     Each example gets its own adaptive steps (diffrax ``solver`` "tsit5" or "dopri5" with a PID
-    controller at ``rtol``, ``atol``); ``denoise`` returns E[x_0 | x_eps] at eps = ts[-1]
-    (Tweedie). Returns (x, nfe, trajectory): nfe is exact, the batched score evaluations of the
-    solve (see ``score_sde.odeint.solve``) plus one for denoising; the trajectory is the
-    solver's dense interpolant (not linear: the 4th-order one of the Runge–Kutta pair), before
-    denoising; recording changes neither the steps nor nfe.
+    controller at ``rtol``, ``atol``). Returns (x, nfe, trajectory): nfe is exact, the batched
+    score evaluations of the solve (see ``score_sde.odeint.solve``); the trajectory is the
+    solver's dense interpolant (not linear: the 4th-order one of the Runge–Kutta pair);
+    recording changes neither the steps nor nfe.
     """
     del rng  # deterministic
     odeint.check_solver(solver)
@@ -54,7 +53,4 @@ def integrate(
         solver=solver,
         save_at=save_at,
     )
-    if denoise:
-        t = jnp.full(x.shape[:1], t1, x.dtype)
-        x = parameterization.tweedie_denoise(sde, score_fn(x, t), x, t)
-    return x, nfe + denoise, traj
+    return x, nfe, traj

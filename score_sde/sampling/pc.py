@@ -3,13 +3,12 @@
 Time grid: ``n_steps`` points t_0 = T > t_1 > ... > t_{n-1} = eps, ``linspace(T, eps, n_steps)``,
 one per level of the SDE's discrete chain (``sde.with_steps(n_steps)``, so t_k is chain index
 n - 1 - k). x starts at the prior at T; each of the n - 1 steps is a predictor move from t_k to
-t_{k+1} THEN ``n_corrector_steps`` corrector moves at t_{k+1}. The result is a sample of p_eps;
-``denoise`` then takes the noise-free last step E[x_0 | x_eps] (Tweedie's formula), which for
-DDPM and SMLD equals the mean of the chain's last step. One score evaluation per predictor and
-corrector move and one for denoising; ``nfe`` counts them.
+t_{k+1} THEN ``n_corrector_steps`` corrector moves at t_{k+1}. The result is a sample of p_eps
+(``sampling.sample`` then denoises it, which for DDPM and SMLD equals the mean of the chain's
+last step). One score evaluation per predictor and corrector move; ``nfe`` counts them.
 
-Recorded trajectories hold the states x_t on the grid (``score_sde.sampling.grids``), before
-denoising, which is not a time step: the times must lie in [eps, T].
+Recorded trajectories hold the states x_t on the grid (``score_sde.sampling.grids``): the times
+must lie in [eps, T].
 
 Every random draw is per example (``score_sde.rng``), keyed by (rng, step, move): sample i
 depends only on (rng, i), never on the batch size.
@@ -20,7 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from score_sde import parameterization
 from score_sde import rng as rng_lib
 from score_sde.sampling import grids
 from score_sde.sde import SDE, batch_mul
@@ -142,7 +140,6 @@ def integrate(
     corrector: str = "ald",
     snr: float = 0.16,
     n_corrector_steps: int = 1,
-    denoise: bool = True,
     probability_flow: bool = False,
     save_at: tuple = (),
 ) -> tuple[Array, Array, Array]:
@@ -159,13 +156,12 @@ def integrate(
       snr: the corrector's signal-to-noise ratio r (see ``langevin_corrector``); Song et al.
         use 0.16 (CIFAR-10), smaller is gentler.
       n_corrector_steps: corrector moves after each predictor move.
-      denoise: return E[x_0 | x_eps] at eps = ts[-1] (Tweedie, 1 more score evaluation).
       probability_flow: predict with the probability-flow ODE (c = 1/2, no noise).
       save_at: times at which to record x_t (after each step's corrector moves, linear in t
         between grid points; before denoising).
 
     Returns (x, nfe, trajectory) with nfe = (len(ts) - 1)(predictor + n_corrector_steps
-    corrector evaluations) + denoise.
+    corrector evaluations).
     """
     _check(predictor, corrector, n_corrector_steps, probability_flow)
     n_steps = ts.shape[0]
@@ -187,25 +183,22 @@ def integrate(
 
     traj = grids.trajectory_init(save_at, x)
     x, traj = grids.scan(step, x, jnp.arange(n_steps - 1), save_at, traj, unroll=1)
-    if denoise:
-        t = jnp.full(batch, ts[-1], x.dtype)
-        x = parameterization.tweedie_denoise(sde, score_fn(x, t), x, t)
     per_step = (predictor != "none") + n_moves
-    return x, jnp.asarray((n_steps - 1) * per_step + denoise), traj
+    return x, jnp.asarray((n_steps - 1) * per_step), traj
 
 
-def euler_maruyama(rng, sde, score_fn, x, ts, *, denoise=True, save_at=()):
+def euler_maruyama(rng, sde, score_fn, x, ts, *, save_at=()):
     """Euler–Maruyama on the reverse SDE (Song et al. 2021, Eq. 6), dt = t_{k+1} - t_k."""
     return integrate(
         rng, sde, score_fn, x, ts, predictor="euler_maruyama", corrector="none",
-        denoise=denoise, save_at=save_at,
+        save_at=save_at,
     )  # fmt: skip
 
 
-def ancestral(rng, sde, score_fn, x, ts, *, denoise=True, save_at=()):
+def ancestral(rng, sde, score_fn, x, ts, *, save_at=()):
     """Ancestral sampling: DDPM for VP, SMLD's analogue for VE (Song et al. 2021, Eq. 47), the
     Tweedie posterior step for other SDEs (``sde.ancestral_step``)."""
     return integrate(
         rng, sde, score_fn, x, ts, predictor="ancestral", corrector="none",
-        denoise=denoise, save_at=save_at,
+        save_at=save_at,
     )  # fmt: skip
