@@ -84,13 +84,14 @@ class _DropOrbaxTracebacks(logging.Filter):
 
 
 class _DropOrphanedTasks(logging.Filter):
-    """asyncio's "Task was destroyed but it is pending" for orbax's writes orphaned by a
-    failed save (the save's own error is reported)."""
+    """asyncio's reports on orbax's writes orphaned by a failed save ("Task was destroyed but
+    it is pending", "Future exception was never retrieved"): the save's own error is reported."""
+
+    ORPHANED = ("Task was destroyed", "Future exception was never", "Task exception was never")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            str(record.msg).startswith("Task was destroyed") and "orbax" in record.getMessage()
-        )
+        text = record.getMessage()
+        return not (text.startswith(self.ORPHANED) and "orbax" in text)
 
 
 def _closed_loop_wakeup(unraisable) -> bool:
