@@ -111,6 +111,25 @@ def test_a_full_disk_during_a_checkpoint_stops_cleanly_and_the_run_resumes_bitwi
     jax.tree.map(np.testing.assert_array_equal, *(jax.device_get(s) for s, _ in final))
 
 
+@pytest.mark.parametrize(
+    "status",
+    [
+        'RESOURCE_EXHAUSTED: Error opening local file "/d/run/10/x": [OS error: No space left]',
+        'RESOURCE_EXHAUSTED: Failed writing: "/d/run/10/x" [tensorstore_spec=...]',
+    ],
+)
+def test_tensorstore_statuses_name_the_file_that_did_not_fit(status):
+    """tensorstore words a full disk in more than one way; each names the file."""
+    from score_sde.jobs.errors import file_system_error
+
+    wrapped = ValueError("save failed")
+    wrapped.__cause__ = ValueError(status)
+    assert file_system_error(wrapped) == (
+        "No space left on device: /d/run/10/x: free space, then rerun the same command: "
+        "it resumes from the last checkpoint."
+    )
+
+
 ORPHANED_WRITE = """
 import asyncio, gc, sys, tensorstore as ts
 sys.path.insert(0, sys.argv[1])

@@ -69,7 +69,8 @@ def file_system_error(err: BaseException) -> str | None:
             return f"{os.strerror(e.errno)}{where}: {_FIXES[e.errno]}."
         for status, code in _STATUS.items():
             if str(e).startswith(status):
-                path = re.search(r'local file "([^"]+)"', str(e))
+                # 'local file "/..."' or 'Failed writing: "/..."'
+                path = re.search(r'"(/[^"]+)"', str(e))
                 where = f": {path[1]}" if path else f" ({first_line(e)})"
                 return f"{os.strerror(code)}{where}: {_FIXES[code]}."
     return None
