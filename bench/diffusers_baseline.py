@@ -97,19 +97,13 @@ def run(name: str, mixture, n_samples: int, num_steps: int, seed: int = 0) -> di
 
 
 def targets():
-    """The 2-D and 16-D mixtures of the quick table."""
-    import jax.numpy as jnp
+    """The 2-D and 16-D mixtures of the quick table (from bench/targets.py)."""
+    try:
+        from bench.targets import mixtures
+    except ImportError:  # run as a file: python bench/diffusers_baseline.py
+        from targets import mixtures
 
-    from score_sde import analytic
-
-    two_d = analytic.GaussianMixture.isotropic(
-        [0.3, 0.4, 0.3], [[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]], 0.35
-    )
-    rs = np.random.RandomState(0)
-    sixteen = analytic.GaussianMixture.isotropic(
-        jnp.ones(4), 2.0 * rs.randn(4, 16) / np.sqrt(16) * 4, 0.5
-    )
-    return {"2d": two_d, "16d": sixteen}
+    return {name: mix for name, mix in mixtures().items() if name in ("2d", "16d")}
 
 
 def main(argv=None):
