@@ -121,7 +121,7 @@ def test_saved_states_have_the_marginal_of_p_t(method, options):
 def test_ode_trajectory_follows_the_exact_probability_flow():
     shape, rng = (8, 2), jax.random.PRNGKey(5)
     save_at = (0.5, SDE.T, EPS, 0.1)  # any order
-    opts = dict(rtol=1e-9, atol=1e-9, denoise=False)
+    opts = dict(rtol=1e-9, atol=1e-9, denoise=False, eps=EPS)
     x_plain, nfe_plain = sampling.sample(rng, SDE, SCORE_FN, shape, "ode", **opts)
     x, nfe, traj = sampling.trajectory(rng, SDE, SCORE_FN, shape, "ode", save_at=save_at, **opts)
     chex.assert_shape(traj, (4,) + shape)
@@ -150,4 +150,4 @@ def test_invalid_save_at_raises(method):
         sampling.sample(rng, SDE, SCORE_FN, shape, method, save_at=(0.5,))
     for t in (0.0, EPS / 2, SDE.T + 0.1):
         with pytest.raises(ValueError, match=r"outside this sampler's span \[0.001, 1.0\]"):
-            sampling.trajectory(rng, SDE, SCORE_FN, shape, method, save_at=(0.5, t))
+            sampling.trajectory(rng, SDE, SCORE_FN, shape, method, save_at=(0.5, t), eps=EPS)

@@ -10,8 +10,10 @@ ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, 
 ``sample`` and ``trajectory`` end with a denoising step (``denoise=True``): a grid that stops
 at the end time eps > 0 leaves noise of std sigma(eps) (about sqrt(beta_min eps) for VP), which
 inflates narrow modes, so the samples are E[x_0 | x_eps] (Tweedie), one more evaluation. Grids
-that end at the data (``heun``'s, ``ddim``'s with ``discrete=True``) need none. ``solve``
-returns x at the caller's ts[-1].
+that end at the data (``heun``'s, ``ddim``'s with ``discrete=True``) need none. The denoised
+sample is narrower than the data by sigma(eps)² per mode, so the ODE solvers' default end time
+is ``sde.end_time(n_steps)`` (VP: 1e-3 up to 15 steps, 1e-4 beyond). ``solve`` returns x at
+the caller's ts[-1].
 
 ``score_fn`` may be a ``jax.tree_util.Partial`` over model parameters: new parameters then reuse
 the compiled sampler. Any other callable is treated as static (a new one recompiles).

@@ -36,7 +36,7 @@ def ddim_step(coeffs, score_fn, x, t, s, eta, z):
 
 
 def grid(sde: SDE, *, n_steps: int = 50, time_grid: str = "uniform", eps=None, discrete=False):
-    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sampling_eps); with
+    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time); with
     ``discrete``, chain indices evenly spaced from N-1 to 0, then the data (t < 0)."""
     if not discrete:
         return grids.time_grid(sde, n_steps, time_grid, t_end=eps)

@@ -33,8 +33,8 @@ def _where(mask, a, b):
 
 
 def grid(sde: SDE, *, eps=None) -> Array:
-    """The two ends (T, eps) of the adaptive solve; eps defaults to sampling_eps."""
-    return jnp.asarray([sde.T, sde.sampling_eps if eps is None else eps])
+    """The two ends (T, eps) of the adaptive solve; eps defaults to ``sde.end_time()``."""
+    return jnp.asarray([sde.T, sde.end_time() if eps is None else eps])
 
 
 def integrate(

@@ -35,7 +35,7 @@ def grid(
     sde: SDE, *, n_steps: int = 18, rho: float = 7.0, time_grid: str = "edm", eps=None
 ) -> Array:
     """``n_steps`` times on ``time_grid`` (EDM's rho-grid, Eq. 5) from T to ``eps`` (default
-    sampling_eps), then t_N = 0: the data."""
+    sde.end_time), then t_N = 0: the data."""
     if not (isinstance(n_steps, int) and n_steps >= 2):
         raise ValueError(f"n_steps={n_steps!r}: EDM's Heun sampler needs n_steps >= 2.")
     return jnp.append(grids.time_grid(sde, n_steps - 1, time_grid, t_end=eps, rho=rho), 0.0)

@@ -55,13 +55,14 @@ def time_grid(
     t_end: float | None = None,
     rho: float = 7.0,
 ) -> Array:
-    """n_steps + 1 times from ``t_start`` (default T) to ``t_end`` (default sampling_eps)."""
+    """n_steps + 1 times from ``t_start`` (default T) to ``t_end`` (default
+    ``sde.end_time(n_steps)``)."""
     if kind not in GRIDS:
         raise ValueError(f"time_grid={kind!r} is unknown; use one of {GRIDS}.")
     if not (isinstance(n_steps, int) and n_steps >= 1):
         raise ValueError(f"n_steps={n_steps!r}: need an int >= 1.")
     t0 = sde.T if t_start is None else t_start
-    t1 = sde.sampling_eps if t_end is None else t_end
+    t1 = sde.end_time(n_steps) if t_end is None else t_end
     ends = jnp.asarray([t0, t1], dtype=jnp.result_type(float))
     if kind == "uniform":
         return jnp.linspace(ends[0], ends[1], n_steps + 1)

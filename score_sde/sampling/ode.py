@@ -23,8 +23,8 @@ def probability_flow_drift(sde: SDE):
 
 
 def grid(sde: SDE, *, eps: float | None = None) -> Array:
-    """The two ends (T, eps) of the adaptive solve; eps defaults to ``sde.sampling_eps``."""
-    return jnp.asarray([sde.T, sde.sampling_eps if eps is None else eps])
+    """The two ends (T, eps) of the adaptive solve; eps defaults to ``sde.end_time()``."""
+    return jnp.asarray([sde.T, sde.end_time() if eps is None else eps])
 
 
 def integrate(
