@@ -4,6 +4,7 @@ weights. Fixtures are in
 conftest.py; test modules import these and never each other."""
 
 import importlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -155,3 +156,15 @@ def random_inception_arrays(seed: int = 0, logits: bool = True) -> dict[str, np.
         else:
             arrays[key] = np.zeros(shape)
     return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+
+def load_bench(name: str):
+    """bench/<name>.py as the module ``bench_<name>`` (bench/ is scripts, not a package)."""
+    if f"bench_{name}" in sys.modules:
+        return sys.modules[f"bench_{name}"]
+    path = os.path.join(ROOT, "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

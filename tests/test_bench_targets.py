@@ -1,29 +1,15 @@
 """The sampler bench's targets, scores and NFE budgets (bench/targets.py, bench/samplers.py)."""
 
-import importlib.util
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import load_bench
 
 from score_sde import sampling
 from score_sde import sde as sde_lib
 
-BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-samplers = _load("samplers")
+samplers = load_bench("samplers")
 targets = samplers.targets_lib
 
 

@@ -150,10 +150,12 @@ def integrate(
 ):
     """DPM-Solver(++) from x at ts[0] along the grid ts; returns (x, nfe, trajectory).
 
-    Defaults give DPM-Solver++(2M); ``prediction="noise"`` is the original DPM-Solver,
-    ``stepping="singlestep"`` spends ``order`` evaluations per step. nfe = len(ts) - 1 for
-    multistep, the sum of the step orders for singlestep. Each run of steps of one order is
-    one ``lax.scan`` (no per-step branch), with the model history of multistep in the carry.
+    Defaults give DPM-Solver++(2M), within the noise of the best candidate measured at 20 NFE
+    (``python bench/defaults.py``, docs/benchmarks.md); ``prediction="noise"`` is the original
+    DPM-Solver, ``stepping="singlestep"`` spends ``order`` evaluations per step. nfe =
+    len(ts) - 1 for multistep, the sum of the step orders for singlestep. Each run of steps of
+    one order is one ``lax.scan`` (no per-step branch), with the model history of multistep in
+    the carry.
     """
     del rng  # deterministic
     check_options(order, stepping, prediction)

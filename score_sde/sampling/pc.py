@@ -145,6 +145,10 @@ def integrate(
 ) -> tuple[Array, Array, Array]:
     """Predictor–corrector sampling, predictor then corrector (Song et al. 2021, Algorithm 1).
 
+    ALD is the default corrector, unbiased and the best of them at 20 NFE (``python
+    bench/defaults.py``); at equal NFE, though, ``corrector="none"`` (twice the predictor
+    steps) does better there (docs/benchmarks.md).
+
     Runs on ``sde.with_steps(len(ts))``: the chain-based moves (reverse diffusion, ancestral)
     take ts to be ``grid``'s linspace(T, eps).
 

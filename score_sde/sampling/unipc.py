@@ -95,7 +95,7 @@ def integrate(
     ts,
     *,
     order=3,
-    prediction="data",
+    prediction="noise",
     variant="bh2",
     corrector=True,
     lower_order_final=True,
@@ -107,9 +107,12 @@ def integrate(
     Steps warm up with orders 1, 2, ... (and with ``lower_order_final`` end with lower ones), as
     multistep DPM-Solver. Each step is UniP, the model at the prediction, then UniC reusing that
     evaluation; the last step has no corrector (it would cost an evaluation), so n steps cost n
-    evaluations. ``corrector=False`` leaves UniP alone. The defaults (UniPC-3, bh2, data
-    prediction) follow the paper's advice for unconditional sampling; on the 2-D mixture of
-    tests/test_unipc.py, though, UniC-3 helps from 20 steps but not at 10 (UniC-1, -2 do).
+    evaluations. ``corrector=False`` leaves UniP alone. The defaults (UniPC-3, bh2, noise
+    prediction) are the best measured at 20 NFE (``python bench/defaults.py``,
+    docs/benchmarks.md): within modes 1.40x the noise floor against 1.57x for data prediction
+    (geometric means over 4 targets); data prediction is the safer
+    choice under strong guidance (Lu et al. 2022b). On the 2-D mixture of tests/test_unipc.py,
+    UniC-3 helps from 20 steps but not at 10 (UniC-1, -2 do).
     """
     del rng  # deterministic
     check_options(order, prediction, variant, corrector)
