@@ -74,23 +74,26 @@ LADDER = [
     ("ancestral", "ancestral", {}, int),
     ("pc rd+ald r=.16", "pc", dict(corrector="ald"), _odd),  # predictor + corrector per step
     ("pc rd+langevin r=.16", "pc", dict(corrector="langevin"), _odd),
-    ("ddim", "ddim", {}, _next),
+    ("ddim", "ddim", {}, _next),  # on the logSNR grid, its default
+    ("ddim, uniform t", "ddim", dict(time_grid="uniform"), _next),
     ("dpm++ 2M", "dpm_solver", {}, _next),
     ("dpm++ 3M", "dpm_solver", dict(order=3), _next),
     ("dpm++ 2S", "dpm_solver", dict(stepping="singlestep"), _singlestep(2)),
     ("dpm++ 3S", "dpm_solver", dict(order=3, stepping="singlestep"), _singlestep(3)),
-    ("heun (edm)", "heun", {}, _odd),  # a last Euler step to t = 0
+    ("heun", "heun", {}, _odd),  # logSNR grid, then a last Euler step to t = 0
+    ("heun, edm rho=7", "heun", dict(time_grid="edm"), _odd),
     ("heun, uniform t", "heun", dict(time_grid="uniform"), _odd),
-    ("unipc-2 bh2", "unipc", dict(order=2), _next),
+    ("unipc-2 bh2", "unipc", dict(order=2), _next),  # noise prediction, the default
     ("unipc-3 bh2", "unipc", {}, _next),
+    ("unipc-3 bh2 data", "unipc", dict(prediction="data"), _next),
 ]
 DEFAULTS = [  # the cases (run on 2d-sharp at 19, 49 and 99 NFE)
     ("pc (defaults: ald)", "pc", {}, _odd),
     ("pc langevin", "pc", dict(corrector="langevin"), _odd),
-    ("dpm_solver (defaults: denoised)", "dpm_solver", {}, _next),
+    ("dpm_solver (defaults)", "dpm_solver", {}, _next),
     ("dpm_solver denoise=False", "dpm_solver", dict(denoise=False), int),
-    ("dpm_solver eps=1e-4", "dpm_solver", dict(eps=1e-4), _next),
-    ("dpm_solver eps=1e-4 denoise=False", "dpm_solver", dict(eps=1e-4, denoise=False), int),
+    ("dpm_solver eps=1e-3", "dpm_solver", dict(eps=1e-3), _next),
+    ("dpm_solver eps=1e-3 denoise=False", "dpm_solver", dict(eps=1e-3, denoise=False), int),
 ]
 
 
