@@ -270,6 +270,14 @@ def test_vp_ends_at_1e_3_up_to_15_steps_and_at_1e_4_beyond():
 
 
 # --- number of score evaluations, and the final denoising step ------------------------------
+def test_denoise_is_true_or_false():
+    """A truthy non-bool would compile a second sampler and hide a typo: refused."""
+    sde = SDES["vp"]
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match=re.escape(f"denoise={bad!r}: use True or False")):
+            sampling.sample(jax.random.PRNGKey(0), sde, score_fn(sde), (2, 2), "pc", denoise=bad)
+
+
 def test_nfe_counts_every_score_evaluation_with_langevin_on_subvp():
     """nfe = (n_steps - 1) x (predictor + corrector moves) + denoise, as counted at run time;
     sub-VP runs with the Langevin corrector. (Every quality and seed test counts too.)"""
