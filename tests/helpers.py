@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -102,23 +103,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
-    """(stdout, stderr) of ``count`` jax.distributed processes running ``python -m score_sde``
-    with ``flags``; asserts that each exits 0."""
+def spawn_processes(
+    argv: Callable[[int], list[str]], count: int, env: dict | None = None, allowed=(0,)
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Exit codes and (stdout, stderr) of ``count`` processes run at once, process i running
+    ``argv(i)``; asserts that each exits with a code in ``allowed``."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "score_sde", *flags, f"--process_id={i}"],
+            argv(i),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=subprocess_env(),
+            env=subprocess_env() if env is None else env,
         )  # fmt: skip
         for i in range(count)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    return outs
+        assert p.returncode in allowed, err[-3000:]
+    return [p.returncode for p in procs], outs
+
+
+def run_processes(flags: list[str], count: int = 2) -> list[tuple[str, str]]:
+    """(stdout, stderr) of ``count`` jax.distributed processes running ``python -m score_sde``
+    with ``flags``; asserts that each exits 0."""
+    argv = lambda i: [sys.executable, "-m", "score_sde", *flags, f"--process_id={i}"]  # noqa: E731
+    return spawn_processes(argv, count)[1]
 
 
 def write_folder(root):

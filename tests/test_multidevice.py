@@ -16,6 +16,7 @@ from helpers import (
     as_flags,
     free_port,
     run_processes,
+    spawn_processes,
     subprocess_env,
     tiny_toy_config,
 )
@@ -206,37 +207,21 @@ MULTIHOST_RUN = {
 }
 
 
-def _job(workdir, mode, processes: int, devices: int, kill_at: int = -1) -> list[int]:
+def _job(workdir, mode, processes: int, devices: int, kill_at: int = -1) -> tuple[list[int], str]:
     """Exit codes of ``processes`` jax.distributed processes with ``devices`` CPU devices each
     running ``mode`` in ``workdir`` (a SIGKILL in every process at checkpoint ``kill_at``)."""
     script = MULTIHOST_JOB.format(run=MULTIHOST_RUN)
     env = subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     port = free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                script,
-                workdir,
-                mode,
-                str(port),
-                str(i),
-                str(processes),
-                str(kill_at),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-        for i in range(processes)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode in (0, -9), err[-3000:]
+
+    def argv(i: int) -> list[str]:
+        args = (workdir, mode, port, i, processes, kill_at)
+        return [sys.executable, "-c", script, *map(str, args)]
+
+    codes, outs = spawn_processes(argv, processes, env=env, allowed=(0, -9))
+    for _, err in outs:
         assert "Traceback" not in err, err[-3000:]
-    return [p.returncode for p in procs], outs[0][0]
+    return codes, outs[0][0]
 
 
 def test_two_hosts_killed_and_resumed_train_and_evaluate_like_one_host(tmp_path):
