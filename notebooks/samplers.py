@@ -65,7 +65,7 @@ def methods(nfe):
         "ddim (eta=1)": dict(method="ddim", n_steps=nfe, eta=1.0),
         "dpm_solver++ 2M": dict(method="dpm_solver", n_steps=nfe, order=2),
         "dpm_solver++ 3M": dict(method="dpm_solver", n_steps=nfe, order=3),
-        "heun (EDM)": dict(method="heun", n_steps=nfe // 2),
+        "heun (EDM)": dict(method="heun", n_steps=nfe // 2, time_grid="edm"),
     }
 
 
