@@ -36,31 +36,35 @@ class ConfigError(ValueError):
     """An invalid config: the message names the field and the fix."""
 
 
+# docs/config.md is generated from the sections below (python -m score_sde.jobs.config_reference
+# --write): a field's meaning is its trailing comment, else the comment block right above it.
+
+
 @dataclasses.dataclass(frozen=True)
 class SDEConfig:
-    name: str = "vpsde"  # a key of score_sde.sde.SDES; the fields below its class takes
-    beta_min: float = 0.1  # VP and sub-VP
-    beta_max: float = 20.0
-    schedule: str = "linear"  # VP and sub-VP: "linear" or "cosine"
-    sigma_min: float = 0.01  # VE
-    sigma_max: float = 50.0
+    name: str = "vpsde"  # the SDE (it reads the fields its class takes)
+    beta_min: float = 0.1  # VP and sub-VP: beta(0) of the linear schedule
+    beta_max: float = 20.0  # VP and sub-VP: beta(1) of the linear schedule
+    schedule: str = "linear"  # VP and sub-VP: beta(t), "linear" or "cosine"
+    sigma_min: float = 0.01  # VE: the noise std at t = 0
+    sigma_max: float = 50.0  # VE: the noise std at t = 1
     N: int = 1000  # steps of the discrete chain (yang-song/score_sde's model.num_scales)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = 128  # global batch, split over all devices
-    n_iters: int = 1_300_001
-    snapshot_freq: int = 50_000  # checkpoints kept for good (eval) and sample grids
-    snapshot_freq_for_preemption: int = 10_000  # rolling checkpoints for resume
-    log_freq: int = 50
-    eval_freq: int = 100  # loss on an eval batch
+    n_iters: int = 1_300_001  # optimiser steps of the run
+    snapshot_freq: int = 50_000  # steps between checkpoints kept for good (eval), sample grids
+    snapshot_freq_for_preemption: int = 10_000  # steps between rolling checkpoints (resume)
+    log_freq: int = 50  # steps between log lines of the training loss
+    eval_freq: int = 100  # steps between losses on an eval batch
     snapshot_sampling: bool = True  # write a sample grid at each snapshot
     n_jitted_steps: int = 5  # optimiser steps per jitted call (lax.scan)
-    continuous: bool = True  # False: the DDPM / SMLD discrete loss
-    reduce_mean: bool = False
-    likelihood_weighting: bool = False
-    importance_sampling: bool = False
+    continuous: bool = True  # the continuous-time loss; False: the DDPM / SMLD discrete loss
+    reduce_mean: bool = False  # the loss is the mean over dimensions, not half their sum
+    likelihood_weighting: bool = False  # weight the continuous loss by g(t)² / sigma(t)²
+    importance_sampling: bool = False  # draw t in proportion to the likelihood weight
     eps: float = 1e-5  # smallest training time
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     max_loss_ratio: float = 1e4  # stop on a step loss this many times the running loss (0: off)
@@ -71,15 +75,15 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    method: str = "pc"  # a key of score_sde.sampling.METHODS
-    predictor: str = "euler_maruyama"
-    corrector: str = "none"
-    snr: float = 0.16
+    method: str = "pc"  # the sampler (it reads the fields and options it takes)
+    predictor: str = "euler_maruyama"  # pc: the predictor
+    corrector: str = "none"  # pc: the corrector
+    snr: float = 0.16  # pc: the corrector's signal-to-noise ratio (its step size)
     n_corrector_steps: int = 1  # corrector steps per predictor step (Song's n_steps_each)
     denoise: bool = True  # final Tweedie denoising step (Song's noise_removal)
-    probability_flow: bool = False
-    n_steps: int | None = None  # None: the method's default (sde.N for pc)
-    eps: float | None = None  # end time; None: the SDE's default
+    probability_flow: bool = False  # pc: predict along the probability-flow ODE, not the SDE
+    n_steps: int | None = None  # steps of the time grid; None: the method's default (pc: sde.N)
+    eps: float | None = None  # end time; None: the SDE's default, sde.end_time(n_steps)
     # Class-conditional models: samples cycle through the classes; a scale w != 1 samples with
     # classifier-free guidance s(x, null) + w (s(x, y) - s(x, null)) (needs label_dropout > 0).
     guidance_scale: float = 1.0
@@ -88,30 +92,30 @@ class SamplingConfig:
     # "mlp_classifier"). Samples then cycle through its classes, drawn with the score
     # s(x, t) + classifier_scale * grad_x log p_t(y | x) (its latest checkpoint's EMA weights).
     classifier_workdir: str = ""
-    classifier_scale: float = 1.0
+    classifier_scale: float = 1.0  # weight of the classifier's gradient (classifier_workdir)
     # Other keyword options of the method, e.g. {"eta": 0.5} for ddim or {"rtol": 1e-3} for ode.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    begin_ckpt: int = 0  # evaluate checkpoints with begin_ckpt <= step <= end_ckpt;
-    end_ckpt: int = -1  # -1: no upper bound (and pick up new checkpoints as they appear)
-    batch_size: int = 1024
-    enable_loss: bool = True
-    enable_bpd: bool = False
-    bpd_split: str = "test"
+    begin_ckpt: int = 0  # evaluate the checkpoints with begin_ckpt <= step <= end_ckpt
+    end_ckpt: int = -1  # last step evaluated; -1: no bound (and new checkpoints as they appear)
+    batch_size: int = 1024  # global batch of the eval loss, likelihood and sampling
+    enable_loss: bool = True  # the loss on the eval split at each checkpoint
+    enable_bpd: bool = False  # bits/dim (probability-flow likelihood) on bpd_split
+    bpd_split: str = "test"  # the data split of the likelihood
     bpd_num_repeats: int = 1  # passes over the split (the likelihood's estimator is random)
-    enable_sampling: bool = False
-    num_samples: int = 50_000
-    rtol: float = 1e-5  # ODE solver tolerances of the likelihood
-    atol: float = 1e-5
+    enable_sampling: bool = False  # draw num_samples samples at each checkpoint
+    num_samples: int = 50_000  # samples drawn at each checkpoint
+    rtol: float = 1e-5  # relative tolerance of the likelihood's ODE solver
+    atol: float = 1e-5  # absolute tolerance of the likelihood's ODE solver
     eps: float = 1e-5  # likelihood start time
     # Image quality of image models (with enable_sampling): FID, KID, IS, precision/recall and
     # density/coverage of num_fid_samples samples (0: off) against reference statistics of
     # fid_split (score_sde.jobs.fid_eval).
     num_fid_samples: int = 50_000
-    fid_split: str = "train"
+    fid_split: str = "train"  # the data split of the reference statistics
     fid_reference_size: int = 0  # the first n examples of fid_split; 0: all of them
     fid_stats: str = ""  # reference statistics (.npz); "": computed once into the cache
     fid_subsample: int = 10_000  # features kept per side for KID, precision/recall, density
@@ -120,54 +124,54 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"
-    image_size: int | None = 32  # None for vector data
-    num_channels: int | None = 3  # None for vector data
-    random_flip: bool = True
+    dataset: str = "cifar10"  # the data set (score_sde.datasets)
+    image_size: int | None = 32  # images' height and width; None for vector data
+    num_channels: int | None = 3  # images' channels (1 or 3); None for vector data
+    random_flip: bool = True  # random horizontal flips of the training images
     centered: bool = False  # scale data to [-1, 1] instead of [0, 1]
-    uniform_dequantization: bool = False
-    data_dir: str | None = None
+    uniform_dequantization: bool = False  # uniform noise on 8-bit images' pixel values
+    data_dir: str | None = None  # where tfds sets and image_folder are read; None: the default
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    name: str = "ncsnpp"  # a key of score_sde.models.MODELS
+    name: str = "ncsnpp"  # the network (it reads the fields its constructor takes)
     # training
-    dropout: float = 0.1
-    ema_rate: float = 0.9999
+    dropout: float = 0.1  # dropout rate of the residual blocks
+    ema_rate: float = 0.9999  # decay of the weights' moving average (eval and sampling use it)
     ema_warmup: bool = False  # decay min(ema_rate, (1 + n) / (10 + n)) at update n: short runs
-    parameterization: str = "score"  # "score", "eps" or "x0"
+    parameterization: str = "score"  # what the network predicts: the score, noise or data
     # NCSN++ / DDPM++ / DDPM
-    scale_by_sigma: bool = False
-    nf: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 4
-    attn_resolutions: tuple[int, ...] = (16,)
-    resamp_with_conv: bool = True
-    fir: bool = False
-    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
-    skip_rescale: bool = True
-    resblock_type: str = "biggan"
-    progressive: str = "none"
-    progressive_input: str = "none"
-    progressive_combine: str = "sum"
-    embedding_type: str = "positional"
-    init_scale: float = 0.0
-    fourier_scale: float = 16.0
-    num_classes: int = 0  # 0: unconditional
+    scale_by_sigma: bool = False  # divide the output by sigma(t) (NCSN)
+    nf: int = 128  # base number of channels (the MLP: its embedding width)
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # channels of each resolution, times nf
+    num_res_blocks: int = 4  # residual blocks per resolution
+    attn_resolutions: tuple[int, ...] = (16,)  # resolutions with self-attention
+    resamp_with_conv: bool = True  # up- and downsample with a convolution
+    fir: bool = False  # FIR-filtered up- and downsampling (StyleGAN2)
+    fir_kernel: tuple[int, ...] = (1, 3, 3, 1)  # the FIR filter's taps
+    skip_rescale: bool = True  # skip connections scaled by 1/sqrt(2)
+    resblock_type: str = "biggan"  # residual block: DDPM's or BigGAN's
+    progressive: str = "none"  # the decoder's output pyramid
+    progressive_input: str = "none"  # the encoder's input pyramid
+    progressive_combine: str = "sum"  # how the input pyramid joins the features
+    embedding_type: str = "positional"  # time embedding: sinusoidal or Gaussian Fourier
+    init_scale: float = 0.0  # init scale of the blocks' last layers (0: taken as 1e-10)
+    fourier_scale: float = 16.0  # std of the Gaussian Fourier features
+    num_classes: int = 0  # classes of a class-conditional model; 0: unconditional
     # MLP (also nf: its embedding width)
-    width: int = 256
-    num_blocks: int = 3  # residual blocks
+    width: int = 256  # hidden width
+    num_blocks: int = 3  # residual blocks of the MLP
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "Adam"
-    lr: float = 2e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    optimizer: str = "Adam"  # the optimiser (AdamW: Adam with decoupled weight decay)
+    lr: float = 2e-4  # learning rate after the warm-up
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.999  # Adam's second-moment decay
+    eps: float = 1e-8  # Adam's epsilon
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW); 0: plain Adam
     warmup: int = 5000  # linear warm-up steps; the first step's lr is lr / warmup, not 0
     grad_clip: float = 1.0  # global-norm clipping; 0 disables it
 
@@ -181,7 +185,7 @@ class ExperimentConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    seed: int = 42
+    seed: int = 42  # seed of the initial weights and of every random stream
 
 
 OPTIMIZERS = ("Adam",)
