@@ -246,6 +246,10 @@ def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path)
     )
     assert invalid.returncode == 2 and "config.sde (name='vpsde')" in invalid.stderr
     assert "got beta_min=-1.0" in invalid.stderr and invalid.stderr.count("\n") == 1
+    for flag in ("--config.sde.N=None", "--workdri=x"):  # not of the field's type; no such flag
+        bad = subprocess.run([*base, flag], capture_output=True, text=True, cwd=tmp_path)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert flag.split("=")[0].lstrip("-") in bad.stderr and "docs/config.md" in bad.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -207,8 +207,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     (exit code 2) rather than as ml_collections' traceback."""
     try:
         return FLAGS(argv)
-    except flags.Error as err:
-        sys.exit(f"FATAL Flags parsing error: {err}\nPass --helpfull to see all flags.")
+    except flags.Error as err:  # a value absl cannot parse as the field's type, an unknown flag
+        text = " ".join(str(err).split())
+        print(
+            f"{text} (docs/config.md gives each field's type; --help lists the flags)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_CONFIG)
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         text = str(err).encode().decode("unicode_escape")  # ml_collections quotes twice
         message = " ".join(text.replace("'", " ").split())
