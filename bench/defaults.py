@@ -76,11 +76,13 @@ CANDIDATES: dict[str, dict[str, dict]] = {
         ),
         *combinations(order=(2, 3), time_grid=("logsnr", "edm"), prediction=("noise",)),
         dict(order=3, lower_order_final=False),
+        dict(time_grid="optimized"), dict(order=3, time_grid="optimized"),
     ),
     "unipc": variants(
         dict(order=3, variant="bh2", time_grid="logsnr", prediction="noise"),
         *combinations(order=(3, 2), variant=("bh2", "bh1"), time_grid=("logsnr", "edm")),
         dict(prediction="data"),
+        dict(time_grid="optimized"),  # dpm_solver's table
     ),
     "heun": variants(
         dict(time_grid="logsnr", rho=7.0),

@@ -68,10 +68,8 @@ class SDE(abc.ABC):
     """A linear SDE on t in [0, T] with a discrete chain of N steps."""
 
     N: int
-
-    @property
-    def T(self) -> float:
-        return 1.0
+    grid_family = property(lambda self: type(self).__name__)  # grid_tables.TABLES' key
+    T = property(lambda self: 1.0)
 
     @property
     def sampling_eps(self) -> float:
@@ -233,6 +231,11 @@ class _BetaSchedule(SDE):
     beta_max: float = 20.0
     N: int = 1000
     schedule: str = "linear"
+    grid_family = property(  # a table per SDE kind and beta schedule
+        lambda s: (
+            ("subvp" if isinstance(s, SubVPSDE) else "vp") + "-cosine" * (s.schedule == "cosine")
+        )
+    )
 
     def __post_init__(self):
         if self.schedule not in ("linear", "cosine"):
@@ -286,9 +289,7 @@ class VPSDE(_BetaSchedule):
         for continuous-time VP models). The final denoising step shrinks a mode of std s by
         sigma(eps)² / s² (sigma(1e-3) = 0.0105, sigma(1e-4) = 0.0032), a bias that many steps
         would otherwise keep; few steps do better on the shorter span."""
-        return (
-            self.sampling_eps if n_steps is not None and n_steps <= 15 else 0.1 * self.sampling_eps
-        )
+        return self.sampling_eps * (1.0 if n_steps is not None and n_steps <= 15 else 0.1)
 
     def g2(self, t: Array) -> Array:
         return self.beta(t)
@@ -339,6 +340,7 @@ class VESDE(SDE):
     sigma_min: float = 0.01
     sigma_max: float = 50.0
     N: int = 1000
+    grid_family = "ve"  # grid_tables.TABLES' key (see _BetaSchedule.grid_family)
 
     def __post_init__(self):
         _check_range(self, "sigma_min", "sigma_max")

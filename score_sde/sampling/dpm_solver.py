@@ -132,7 +132,7 @@ def order_runs(orders: np.ndarray) -> list[tuple[int, int, int]]:
 
 def grid(sde: SDE, *, n_steps: int = 20, time_grid: str = "logsnr", eps=None) -> Array:
     """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time)."""
-    return grids.time_grid(sde, n_steps, time_grid, t_end=eps)
+    return grids.time_grid(sde, n_steps, time_grid, t_end=eps, solver="dpm_solver")
 
 
 def integrate(
