@@ -181,6 +181,16 @@ def test_tfds_missing_data_fails_at_once_with_instructions(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded or created
 
 
+def test_tfds_half_made_folder_fails_with_the_message_only(tmp_path, caplog):
+    """A variant folder without dataset_info.json (an interrupted build) gives the message
+    without tfds's warnings about it."""
+    (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
+    with caplog.at_level("WARNING"), pytest.raises(datasets.DatasetNotPreparedError) as err:
+        datasets.get_dataset("cifar10", split="train", batch_size=8, data_dir=str(tmp_path))
+    assert "tfds build cifar10" in str(err.value)
+    assert not caplog.records, caplog.text
+
+
 @pytest.fixture(scope="module")
 def tiny_tfds(tmp_path_factory):
     """A real array_record tfds data set, built here without TensorFlow: image i is filled with

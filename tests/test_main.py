@@ -29,12 +29,21 @@ def test_toy_train_eval_sample_and_eval_resumes(tmp_path, capsys):
     assert run_job(cfg, workdir, mode="train", progress=False) == 0
     out = capsys.readouterr().out
     assert "Model mlp: 2,498 trainable parameters" in out and "Trained steps 0 to 20" in out
+    # The compiles are announced, as a newcomer would otherwise watch a frozen bar for minutes.
+    assert re.search(r"Compiling the train step .*\nCompiled the train step in [\d.]+ s", out)
+    assert "Compiled the snapshot sampler in" in out
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
-        "samples_10.png",
-        "samples_20.png",
+        "train_10.png",
+        "train_20.png",
     ]
 
     assert run_job(cfg, workdir, mode="eval") == 0
+    out, err = capsys.readouterr()
+    for compiled in ("the eval loss", "the likelihood", "the sampler"):
+        assert f"Compiled {compiled} in" in out, compiled
+    for bar in ("eval loss: 100%", "bits/dim: 100%", "samples: 100%"):  # with progress bars
+        assert bar in err, bar
+    assert re.search(r"step 20: loss=\S+, bpd=", out) and "nll_nats" not in out  # in the report
     report = _report(workdir)
     assert sorted(report["checkpoints"]) == ["10", "20"]
     final = report["checkpoints"]["20"]
@@ -246,7 +255,7 @@ def test_console_script_from_another_folder_reports_a_typo_in_one_line(tmp_path)
     )
     assert invalid.returncode == 2 and "config.sde (name='vpsde')" in invalid.stderr
     assert "got beta_min=-1.0" in invalid.stderr and invalid.stderr.count("\n") == 1
-    for flag in ("--config.sde.N=None", "--workdri=x"):  # not of the field's type; no such flag
+    for flag in ("--config.sde.N=None", "--config.training.n_iters=abc", "--workdri=x"):
         bad = subprocess.run([*base, flag], capture_output=True, text=True, cwd=tmp_path)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
         assert flag.split("=")[0].lstrip("-") in bad.stderr and "docs/config.md" in bad.stderr

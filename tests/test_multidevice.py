@@ -106,8 +106,8 @@ def test_two_processes_match_one_process(tmp_path):
     outs = run_processes(flags)
     assert "2 process(es)" in outs[0][0] and "Model" not in outs[1][0]  # only process 0 prints
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
-        "samples_10.png",
-        "samples_20.png",
+        "train_10.png",
+        "train_20.png",
     ]
 
     state = train_lib.train(tiny, str(tmp_path / "one"), progress=False)

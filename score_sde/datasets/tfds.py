@@ -6,7 +6,9 @@ array_record format beforehand (see ``DatasetNotPreparedError``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -39,14 +41,30 @@ def open_tfds(name: str, split: str, data_dir: str | None) -> Sequence[dict[str,
         raise DatasetNotPreparedError(_not_prepared_message(name, split, folder, data_dir))
     import tensorflow_datasets as tfds  # imported lazily: it takes ~1 s
 
+    with _quiet_tfds_warnings():
+        try:
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except Exception as err:
+            builder = tfds.builder(name, data_dir=data_dir)
+            if builder.is_prepared():
+                raise  # e.g. a bad split name, or prepared as tfrecord: tfds's message says so
+            data_path, data_root = str(builder.data_dir), str(builder.data_dir_root)
+            raise DatasetNotPreparedError(
+                _not_prepared_message(name, split, data_path, data_root)
+            ) from err
+
+
+@contextlib.contextmanager
+def _quiet_tfds_warnings():
+    """tfds logs warnings about the folders it probes (a variant without dataset_info.json):
+    the error raised after them says what is missing and how to prepare it."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as err:
-        builder = tfds.builder(name, data_dir=data_dir)
-        if builder.is_prepared():
-            raise  # e.g. a bad split name, or prepared as tfrecord: tfds's message says so
-        msg = _not_prepared_message(name, split, str(builder.data_dir), str(builder.data_dir_root))
-        raise DatasetNotPreparedError(msg) from err
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from score_sde.jobs import interrupts
 from score_sde.jobs.errors import first_line
 from score_sde.jobs.integrity import (
     DamagedCheckpointError,
@@ -332,9 +333,11 @@ class Interrupted(Exception):
 class Preemption:
     """SIGTERM (and SIGINT) become a request to save at the next step boundary and exit.
 
-    Single process: a signal handler records the signal; a second SIGINT interrupts at once.
-    Multi-process: JAX's preemption sync point for SIGTERM, so every process agrees on the step
-    at which to stop (SIGINT keeps Python's default there).
+    Under the CLI (``interrupts.exit_at_once``): a signal before ``arm()`` (the first step's
+    compile) stops at once; after it, the first is a request and a second stops at once.
+    Otherwise, single process: a signal handler records the signal; a second SIGINT raises
+    KeyboardInterrupt. Multi-process: JAX's preemption sync point for SIGTERM, so every process
+    agrees on the step at which to stop (SIGINT keeps Python's default there).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -342,16 +345,24 @@ class Preemption:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._guard = interrupts.active
 
     def __enter__(self) -> Preemption:
         main = threading.current_thread() is threading.main_thread()
-        if jax.process_count() == 1 and main:
+        if self._guard is None and jax.process_count() == 1 and main:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+        if self._guard is not None:
+            self._guard.deferring = False
+
+    def arm(self) -> None:
+        """From now on a save is possible: under the CLI, the first signal becomes a request."""
+        if self._guard is not None:
+            self._guard.deferring = True
 
     def _handle(self, signum, frame) -> None:
         self.signum = signum
@@ -359,6 +370,8 @@ class Preemption:
 
     def reached(self, step: int) -> bool:
         """True when the run should save ``step`` and exit."""
+        if self._guard is not None and self._guard.requested is not None:
+            self.signum = self._guard.requested
         if jax.process_count() > 1 and ocp.multihost.reached_preemption(step):
             self.signum = signal.SIGTERM
         return self.signum is not None

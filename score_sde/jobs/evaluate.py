@@ -38,106 +38,31 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from score_sde import datasets, likelihood, losses, metrics, models, sharding
-from score_sde import rng as rng_lib
+from score_sde import metrics
 from score_sde.datasets.synthetic import MIXTURES
 from score_sde.jobs import checkpoint as ckpt_lib
 from score_sde.jobs import experiment as experiment_lib
 from score_sde.jobs import fid_eval
 from score_sde.jobs import runlog as runlog_lib
-from score_sde.jobs.config import ConfigError, ExperimentConfig, make_sde
-from score_sde.jobs.experiment import Experiment, keyed_batch, stream_key
+from score_sde.jobs.config import ConfigError, ExperimentConfig
+from score_sde.jobs.evaluator import Evaluator, eval_source, host
+from score_sde.jobs.experiment import stream_key
 from score_sde.jobs.runlog import say
-from score_sde.jobs.state import UNREAD_BY_EVAL, TrainState, init_state
-from score_sde.jobs.validation import MIN_FID_SET, from_config_dict, get_field, require
+from score_sde.jobs.validation import MIN_FID_SET
 from score_sde.jobs.workdir import Workdir
-
-
-class Evaluator:
-    """The experiment, its mesh, a restore target and the jitted metrics, built once per job."""
-
-    def __init__(self, cfg: ExperimentConfig, workdir: str):
-        self.cfg = cfg
-        self.mesh = sharding.make_mesh()
-        self.exp = Experiment.create(cfg)
-        self.target = init_state(cfg.seed, self.exp.params, self.exp.rest, self.mesh)
-        self.ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
-        rep = sharding.replicated(self.mesh)
-        self.losses = jax.jit(self._losses, out_shardings=rep)
-        self.logp = jax.jit(self._logp, out_shardings=rep)
-        self.correct = jax.jit(self._correct, out_shardings=rep)
-        self.guide = load_guide(cfg)
-        self.images = len(self.exp.data_shape) == 3
-        if self.images:
-            self.draw_uint8 = fid_eval.sample_fn(self)
-
-    def restore(self, step: int | None = None) -> tuple[TrainState, int]:
-        """The EMA parameters (and what the metrics' keys need) of checkpoint ``step``."""
-        return self.ckpt.restore(self.target, step, skip=UNREAD_BY_EVAL)
-
-    def batches(self):
-        """(index, global batch) over one pass of the eval split, the last one padded."""
-        ec = self.cfg.eval
-        it = self.exp.data_iterator(ec.bpd_split, batch_size=ec.batch_size, repeat=False)
-        for i, batch in enumerate(it):
-            yield i, sharding.put_global(batch, self.mesh, axis=0)
-
-    def _losses(self, state, batch, index):
-        """(per-example eval losses of the EMA parameters [B], the batch's mask [B])."""
-        x, y, loss_key = keyed_batch(self.exp.prepare_batch, state.rng, "eval_loss", index, batch)
-        loss_fn = self.exp.loss_builder(train=False, per_example=True)(state.rest)
-        return loss_fn(loss_key, state.ema_params, x, y), batch["mask"]
-
-    def _logp(self, state, batch, key):
-        """(log-density in nats [B], bits/dim [B], NFE, mask [B]) of a batch, dequantized first
-        if it holds images."""
-        exp, ec, x = self.exp, self.cfg.eval, batch["x"]
-        images = len(exp.data_shape) == 3
-        deq_key, ode_key = jax.random.split(key)
-        if images:
-            x = likelihood.uniform_dequantize(deq_key, x, data_range=(0.0, 1.0))
-        labels = batch["label"] if exp.conditional else None  # log p(x | y)
-        score_fn = exp.score_fn(state.ema_params, state.rest, labels)
-        lp, nfe = likelihood.log_likelihood(
-            ode_key, exp.sde, score_fn, exp.scaler(x), rtol=ec.rtol, atol=ec.atol, eps=ec.eps
-        )
-        if images:  # 8-bit pixels: bits per pixel level, +8 (or +7 centred) per dimension
-            lo = -1.0 if self.cfg.data.centered else 0.0
-            bpd = likelihood.bits_per_dim(lp, x.shape, data_range=(lo, 1.0))
-        else:  # continuous data: -log2 p / D, no offset
-            bpd = likelihood.bits_per_dim(lp, x.shape, data_range=(0.0, 1.0), levels=1)
-        return lp, bpd, nfe, batch["mask"]
-
-    def _correct(self, state, batch, index):
-        """A classifier's hits [B] at t ~ U(eps, T) and at t = eps, and the mask [B]."""
-        x, y, key = keyed_batch(self.exp.prepare_batch, state.rng, "eval_loss", index, batch)
-        t_key, noise_key = jax.random.split(key)
-        model = lambda params, x, t, y, rng: self.exp.model_output(params, state.rest, x, t)
-        eps, batch_size = self.cfg.training.eps, x.shape[0]
-
-        def hits(t):
-            logits = losses.noisy_logits(noise_key, self.exp.sde, model, state.ema_params, x, t)
-            return jnp.argmax(logits, axis=-1) == y
-
-        t = rng_lib.uniform_scalars(t_key, batch_size, eps, self.exp.sde.T)
-        return hits(t), hits(jnp.full((batch_size,), eps)), batch["mask"]
-
-
-def _host(tree):
-    """Replicated results as host arrays."""
-    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
 
 
 # --- metrics ---------------------------------------------------------------------------------
 def eval_loss(evaluator: Evaluator, state) -> float:
     """Mean per-example training loss of the EMA parameters over the eval split."""
     values = []
-    for i, batch in evaluator.batches():
-        loss, mask = _host(evaluator.losses(state, batch, i))
-        values.append(loss[mask])
+    with evaluator.bar("eval loss") as bar:
+        for i, batch in evaluator.batches():
+            loss, mask = host(evaluator.losses(state, batch, i))
+            values.append(loss[mask])
+            bar.update()
     return float(np.mean(np.concatenate(values)))
 
 
@@ -145,7 +70,7 @@ def eval_accuracy(evaluator: Evaluator, state) -> dict:
     """A classifier's accuracy over the eval split, at t ~ U(eps, T) and at t = eps."""
     noisy, clean = [], []
     for i, batch in evaluator.batches():
-        hit, hit_clean, mask = _host(evaluator.correct(state, batch, i))
+        hit, hit_clean, mask = host(evaluator.correct(state, batch, i))
         noisy.append(hit[mask])
         clean.append(hit_clean[mask])
     return {
@@ -159,13 +84,18 @@ def eval_bpd(evaluator: Evaluator, state, step: int) -> dict:
     averaged over ``eval.bpd_num_repeats`` passes."""
     base = stream_key(jax.random.key(evaluator.cfg.seed), "bpd", step)
     nll, bpds, nfes = [], [], []
-    for r in range(evaluator.cfg.eval.bpd_num_repeats):
-        for i, batch in evaluator.batches():
-            key = jax.random.fold_in(jax.random.fold_in(base, r), i)
-            lp, bpd, nfe, mask = _host(evaluator.logp(state, batch, key))
-            nll.append(-lp[mask])
-            bpds.append(bpd[mask])
-            nfes.append(float(nfe))
+    repeats = evaluator.cfg.eval.bpd_num_repeats
+    with evaluator.bar("bits/dim") as bar:
+        bar.total *= repeats
+        for r in range(repeats):
+            for i, batch in evaluator.batches():
+                key = jax.random.fold_in(jax.random.fold_in(base, r), i)
+                lp, bpd, nfe, mask = host(evaluator.logp(state, batch, key))
+                nll.append(-lp[mask])
+                bpds.append(bpd[mask])
+                nfes.append(float(nfe))
+                bar.set_postfix(bpd=f"{np.mean(np.concatenate(bpds)):.4f}", refresh=False)
+                bar.update()
     return dict(
         bpd=float(np.mean(np.concatenate(bpds))),
         nll_nats=float(np.mean(np.concatenate(nll))),
@@ -173,82 +103,27 @@ def eval_bpd(evaluator: Evaluator, state, step: int) -> dict:
     )
 
 
-# Data fields a guiding classifier must share with the score model (and the SDE).
-GUIDE_MUST_MATCH = ("data.dataset", "data.image_size", "data.num_channels", "data.centered")
-
-
-def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
-    """The classifier of ``sampling.classifier_workdir`` (its latest checkpoint, EMA weights)
-    for classifier guidance, checked against this experiment; None when the field is empty."""
-    workdir = cfg.sampling.classifier_workdir
-    if not workdir:
-        return None
-    field = f"config.sampling.classifier_workdir={workdir!r}"
-    try:
-        ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
-        saved, _ = ckpt.read_json()
-        clf = from_config_dict(saved, device_count=jax.device_count())
-    except ckpt_lib.NoCheckpointError as err:
-        raise ckpt_lib.NoCheckpointError(
-            f"{field}: {err} Train a noise-conditional classifier there first "
-            "(e.g. configs/digits_classifier.py or configs/toy/ring8_classifier.py)."
-        ) from None
-    except ConfigError as err:
-        raise ConfigError(f"{field}: its saved config is invalid here: {err}") from None
-    require(
-        clf.model.name in models.CLASSIFIERS,
-        f"{field} holds a {clf.model.name!r} model, not a classifier {models.CLASSIFIERS}.",
-    )
-    for path in GUIDE_MUST_MATCH:
-        theirs, ours = get_field(clf, path), get_field(cfg, path)
-        require(
-            theirs == ours,
-            f"{field}: its classifier has {path}={theirs!r} but this model {ours!r}; guidance "
-            "needs a classifier trained on the same data and SDE.",
-        )
-    theirs, ours = make_sde(clf), make_sde(cfg)
-    require(
-        theirs == ours,
-        f"{field}: its classifier was trained with {theirs} but this model with {ours} "
-        "(config.sde).",
-    )
-    classes = cfg.model.num_classes
-    require(
-        classes in (0, clf.model.num_classes),
-        f"{field}: its classifier has {clf.model.num_classes} classes but config.model."
-        f"num_classes={classes}.",
-    )
-    evaluator = Evaluator(clf, workdir)
-    state, _ = evaluator.restore()
-    logits_fn = evaluator.exp.logits_fn(state.ema_params, state.rest)
-    return experiment_lib.Guide(logits_fn, clf.model.num_classes, cfg.sampling.classifier_scale)
-
-
 def draw_samples(evaluator: Evaluator, state, step: int, n: int) -> np.ndarray:
     """``n`` samples in data space, drawn in batches of ``eval.batch_size``."""
-    exp, bs = evaluator.exp, evaluator.cfg.eval.batch_size
+    bs = evaluator.cfg.eval.batch_size
     key = stream_key(jax.random.key(evaluator.cfg.seed), "sample", step)
-    out = [
-        exp.sample(
-            state.ema_params,
-            state.rest,
-            jax.random.fold_in(key, i),
-            min(bs, n - i * bs),
-            start=i * bs,
-            guide=evaluator.guide,
-        )
-        for i in range(math.ceil(n / bs))
-    ]
+    out = []
+    with evaluator.bar("samples", total=n, unit="sample") as bar:
+        for i in range(math.ceil(n / bs)):
+            size = min(bs, n - i * bs)
+            rng = jax.random.fold_in(key, i)
+            out.append(
+                evaluator.sample(
+                    state.ema_params, state.rest, rng, size, start=i * bs, guide=evaluator.guide
+                )
+            )
+            bar.update(size)
     return np.concatenate(out)[:n]
 
 
 def held_out(cfg: ExperimentConfig, n: int) -> np.ndarray:
     """The first ``n`` examples of the eval split (vector data): [n, D]."""
-    d = cfg.data
-    source = datasets.get_source(
-        d.dataset, split=cfg.eval.bpd_split, image_size=d.image_size, channels=d.num_channels,
-        data_dir=d.data_dir,
-    )  # fmt: skip
+    source = eval_source(cfg)
     x, _ = source.read(np.arange(min(n, len(source))))
     return np.asarray(x, np.float32)
 
@@ -329,19 +204,22 @@ def evaluate(
     Follows training: with ``eval.end_ckpt = -1`` it waits for new checkpoints until the final
     step (``training.n_iters``) is done, or until none appears for ``timeout_seconds``.
     """
+    ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)  # fails at once
     images = cfg.data.image_size is not None
     quality = fid_eval.ImageQuality(cfg, images=images, progress=progress)  # bad paths fail early
-    evaluator = Evaluator(cfg, workdir)
+    waiting = step is None and not ckpt.all_steps()
+    if waiting:
+        say(_waiting_line(ckpt, cfg.training.n_iters, timeout_seconds))
+    evaluator = Evaluator(cfg, workdir, ckpt=ckpt, progress=progress)
     log = runlog_lib.EvalLog(Workdir(workdir))
-    last_new, waiting = time.monotonic(), False
+    last_new = time.monotonic()
     while True:
-        steps = evaluator.ckpt.all_steps() if step is None else [step]
+        steps = ckpt.all_steps() if step is None else [step]
         steps = [s for s in steps if step is not None or _wanted(cfg, s)]
         for s in [s for s in steps if str(s) not in log.done]:
             say(f"Evaluating checkpoint {s} ...")
             result = evaluate_checkpoint(evaluator, s, log.out_dir, quality)
-            numbers = (f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, float))
-            say(f"  step {s}: " + ", ".join(numbers))
+            say(f"  step {s}: {_numbers(result)}")
             log.add(s, result)
             last_new, waiting = time.monotonic(), False
         final = cfg.training.n_iters
@@ -351,11 +229,28 @@ def evaluate(
             say(f"No new checkpoint for {timeout_seconds:.0f} s; step {final} not reached: done.")
             break
         if not waiting:
-            say(f"Waiting for checkpoints up to step {final} (at most {timeout_seconds:.0f} s).")
+            say(_waiting_line(ckpt, final, timeout_seconds))
             waiting = True
         time.sleep(poll_seconds)
     log.close()
     return log.report
+
+
+def _waiting_line(ckpt: ckpt_lib.Checkpointer, final: int, timeout_seconds: float) -> str:
+    steps = ckpt.all_steps()
+    have = f"the latest is step {steps[-1]}" if steps else "none yet"
+    return (
+        f"Waiting for training to write checkpoints up to step {final} in {ckpt.directory} "
+        f"({have}); the eval stops after {timeout_seconds:.0f} s without a new one "
+        "(--eval_timeout=SECONDS), or now with Ctrl-C."
+    )
+
+
+def _numbers(result: dict) -> str:
+    """The eval line's numbers (nll_nats, the same as bpd in nats per example, stays in the
+    report)."""
+    shown = {k: v for k, v in result.items() if isinstance(v, float) and k != "nll_nats"}
+    return ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
 def generate(
@@ -374,8 +269,14 @@ def generate(
         raise ConfigError(f"--fid: config.data.dataset={cfg.data.dataset!r} is not image data.")
     if fid and num_samples < MIN_FID_SET:
         raise ConfigError(f"--fid with --num_samples={num_samples}: draw at least {MIN_FID_SET}.")
+    ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
+    step = ckpt.latest_step() if step is None else step  # fails at once without a checkpoint
+    if step is None:
+        raise ckpt_lib.NoCheckpointError(
+            f"No checkpoint in {ckpt.directory}: run --mode train with this --workdir."
+        )
     inception = fid_eval.load_inception(cfg) if fid else None  # a bad path fails early
-    evaluator = Evaluator(cfg, workdir)
+    evaluator = Evaluator(cfg, workdir, ckpt=ckpt, progress=progress)
     state, step = evaluator.restore(step)
     samples = draw_samples(evaluator, state, step, num_samples)
     out = Workdir(workdir).samples

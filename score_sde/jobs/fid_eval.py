@@ -213,7 +213,7 @@ def fid_stats_job(cfg: ExperimentConfig, *, progress: bool = True) -> str:
 # --- a checkpoint's samples ------------------------------------------------------------------
 def sample_fn(evaluator):
     """Jitted (params, rest, key data, labels) -> a global batch of ``eval.batch_size`` uint8
-    samples, sharded over ``evaluator.mesh`` (``evaluator``: ``evaluate.Evaluator``)."""
+    samples, sharded over ``evaluator.mesh`` (``evaluator``: ``evaluator.Evaluator``)."""
     exp, guide, n = evaluator.exp, evaluator.guide, evaluator.cfg.eval.batch_size
 
     def draw(params, rest, key_data, y):
@@ -289,7 +289,7 @@ def evaluate_samples(evaluator, state, step: int, out_dir: str, inception, ref, 
 
 
 class ImageQuality:
-    """The image metrics of an eval job's checkpoints (``evaluate.Evaluator``): the Inception is
+    """The image metrics of an eval job's checkpoints (``evaluator.Evaluator``): the Inception is
     loaded and the reference split opened at start-up, its statistics read (or computed) at the
     first checkpoint; without Inception weights, each result is ``{"fid": None}``. Off (no
     results) for non-image data, without ``eval.enable_sampling`` or with

@@ -61,6 +61,12 @@ flags.DEFINE_bool(
     "train: resume although the config differs from the checkpoint's (beyond n_iters, logging,"
     " eval and sampling fields).",
 )
+flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Parse the flags and validate the config (one line and exit code 2 if invalid), then exit 0"
+    " without touching the workdir or the data.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -72,6 +78,18 @@ def main(argv) -> int:
     from score_sde.jobs.errors import quiet_orbax_background_errors
 
     quiet_orbax_background_errors()
+    if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
+        print(f"--workdir is required for --mode {FLAGS.mode}.", file=sys.stderr)
+        return EXIT_CONFIG
+    try:  # ml_collections defers a config file's loading error to the first access
+        FLAGS.config.keys()
+    except OSError:
+        path = _config_path(sys.argv)
+        why = "no such file" if not os.path.isfile(str(path).split(":")[0]) else "cannot be read"
+        print(f"--config {path}: {why} (e.g. --config configs/digits.py).", file=sys.stderr)
+        return EXIT_CONFIG
+    if FLAGS.dry_run:
+        return dry_run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
     if FLAGS.multihost:
         import jax
 
@@ -80,20 +98,50 @@ def main(argv) -> int:
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
-        print(f"--workdir is required for --mode {FLAGS.mode}.", file=sys.stderr)
+    _cache_compiled_programs()
+    from score_sde.jobs import interrupts
+
+    with interrupts.exit_at_once(enabled=not FLAGS.multihost):
+        return run_job(
+            FLAGS.config,
+            FLAGS.workdir,
+            mode=FLAGS.mode,
+            step=FLAGS.step,
+            num_samples=FLAGS.num_samples,
+            fid=FLAGS.fid,
+            eval_timeout=FLAGS.eval_timeout,
+            progress=FLAGS.progress,
+            allow_config_change=FLAGS.allow_config_change,
+        )
+
+
+def dry_run(config, workdir: str | None, mode: str) -> int:
+    """``--dry_run``: validate ``config`` as the job would, say so, and return the exit code."""
+    import jax
+
+    from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.validation import from_config_dict
+
+    try:
+        from_config_dict(config, device_count=jax.device_count())
+    except ConfigError as err:
+        print(f"Invalid config: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    return run_job(
-        FLAGS.config,
-        FLAGS.workdir,
-        mode=FLAGS.mode,
-        step=FLAGS.step,
-        num_samples=FLAGS.num_samples,
-        fid=FLAGS.fid,
-        eval_timeout=FLAGS.eval_timeout,
-        progress=FLAGS.progress,
-        allow_config_change=FLAGS.allow_config_change,
-    )
+    where = f" in {workdir}" if workdir else ""
+    print(f"Config valid: --mode {mode}{where} would run (--dry_run: nothing was run).")
+    return 0
+
+
+def _cache_compiled_programs() -> None:
+    """Keep XLA's compiled programs on disk ($SCORE_SDE_CACHE/jax), so a second run of a job
+    starts in seconds rather than minutes; JAX_COMPILATION_CACHE_DIR, when set, wins."""
+    import jax
+
+    from score_sde.evaluation.weights import cache_dir
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_dir(), "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run_job(
@@ -184,21 +232,27 @@ def _run_mode(cfg, workdir: str | None, mode: str, *, step, num_samples, fid, ev
         say(f"Wrote {path}")
 
 
+def _config_path(argv: list[str]) -> str | None:
+    """The ``--config`` file named in ``argv``, if any."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
 def _config_package_root(argv: list[str]) -> str | None:
     """The folder holding the ``configs`` package of the ``--config`` file, if any: config
     files under configs/vp/ etc. import ``configs.default_*``."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        elif arg == "--config" and i + 1 < len(argv):
-            path = argv[i + 1]
-        else:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        while folder != os.path.dirname(folder):
-            if os.path.isfile(os.path.join(folder, "configs", "__init__.py")):
-                return folder
-            folder = os.path.dirname(folder)
+    path = _config_path(argv)
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder != os.path.dirname(folder):
+        if os.path.isfile(os.path.join(folder, "configs", "__init__.py")):
+            return folder
+        folder = os.path.dirname(folder)
     return None
 
 

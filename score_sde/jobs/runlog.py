@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -179,6 +180,32 @@ class RunLog:
             self._bar.close()
         if self._writer is not None:
             self._writer.close()
+
+
+class Announced:
+    """``fn``, whose first call (where XLA compiles it: minutes for a U-Net on a CPU) is
+    announced through ``write`` before, and timed after."""
+
+    def __init__(self, fn: Callable, what: str, write: Callable[[str], None]):
+        self.fn, self.what, self.write, self.first = fn, what, write, True
+
+    def __call__(self, *args, **kwargs):
+        if not self.first:
+            return self.fn(*args, **kwargs)
+        self.write(f"Compiling {self.what} (first call; cached on disk for later runs) ...")
+        started = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.first = False
+        self.write(f"Compiled {self.what} in {time.perf_counter() - started:.1f} s.")
+        return out
+
+
+def note(message: str) -> None:
+    """A line on process 0, printed above any progress bar."""
+    if jax.process_index() == 0:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
 
 
 def say(*args, **kwargs) -> None:

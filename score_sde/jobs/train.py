@@ -324,12 +324,15 @@ class Trainer:
         guard = Guard(tc, saved=restored_step)
         pending = None  # (step, metrics) of the previous chunk, read after the next is dispatched
         started = time.perf_counter()
+        step_fn = runlog_lib.Announced(self.step_fn, "the train step", log.write)
+        sample = runlog_lib.Announced(exp.sample, "the snapshot sampler", log.write)
         try:
             with ckpt_lib.Preemption() as preemption:
                 while step < tc.n_iters:
                     k = min(tc.n_jitted_steps, tc.n_iters - step)
                     batches = put_batches([next(train_it) for _ in range(k)], mesh)
-                    state, metrics = self.step_fn(state, batches)
+                    state, metrics = step_fn(state, batches)
+                    preemption.arm()  # past the compile: a signal now saves the step reached
                     step += k
                     if pending is not None:
                         _report(log, guard, *pending)
@@ -350,7 +353,7 @@ class Trainer:
                             guard.saved = step
                     if snapshot and tc.snapshot_sampling:
                         rng = stream_key(jax.random.key(cfg.seed), "sample", step)
-                        log.samples(step, "samples", exp.sample(state.ema_params, state.rest, rng))
+                        log.samples(step, "train", sample(state.ema_params, state.rest, rng))
                     if preempted:
                         break
                 if pending is not None:

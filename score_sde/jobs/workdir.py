@@ -6,8 +6,10 @@ damaged_checkpoints/  checkpoints that failed to restore or verify, moved aside 
 train.lock        held by the training job (its host and pid): one trainer per workdir
 metrics.jsonl     training scalars, one JSON object per logged step
 tensorboard/      training event files (``tensorboard --logdir <workdir>``)
-samples/          training snapshot grids; --mode sample's .png, .npz and _metrics.json
-eval/             report.json, tensorboard/, each checkpoint's samples, fid_partial_<step>.npz
+samples/          train_<step>.png: training's snapshot grids; sample_<step>.png, .npz and
+                  _metrics.json: --mode sample's
+eval/             --mode eval's report.json, tensorboard/, samples_<step>.png and .npz of each
+                  checkpoint, fid_partial_<step>.npz
 """
 
 from __future__ import annotations
