@@ -160,7 +160,8 @@ class Checkpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def _step_or_latest(self, step: int | None) -> int:
+    def step_or_latest(self, step: int | None) -> int:
+        """``step`` (None: the latest); NoCheckpointError when it is not saved."""
         steps = self.all_steps()
         if step is None:
             if not steps:
@@ -176,7 +177,7 @@ class Checkpointer:
 
     def read_json(self, step: int | None = None) -> tuple[dict, dict]:
         """(config, metadata) saved with checkpoint ``step`` (default: the latest)."""
-        step = self._step_or_latest(step)
+        step = self.step_or_latest(step)
         args = ocp.args.Composite(
             **{CONFIG: ocp.args.JsonRestore(), METADATA: ocp.args.JsonRestore()}
         )
@@ -228,7 +229,7 @@ class Checkpointer:
         Raises ``CheckpointMismatchError`` naming the parameter if the shapes differ, and
         ``DamagedCheckpointError`` if the checkpoint cannot be read or fails its checksums.
         """
-        step = self._step_or_latest(step)
+        step = self.step_or_latest(step)
         where = f"Checkpoint {os.path.join(self.directory, str(step))}"
         fields = _as_dict(target)
         read = {name: value for name, value in fields.items() if name not in skip}

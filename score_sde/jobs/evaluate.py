@@ -270,11 +270,7 @@ def generate(
     if fid and num_samples < MIN_FID_SET:
         raise ConfigError(f"--fid with --num_samples={num_samples}: draw at least {MIN_FID_SET}.")
     ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
-    step = ckpt.latest_step() if step is None else step  # fails at once without a checkpoint
-    if step is None:
-        raise ckpt_lib.NoCheckpointError(
-            f"No checkpoint in {ckpt.directory}: run --mode train with this --workdir."
-        )
+    step = ckpt.step_or_latest(step)  # fails at once without it, before the model is built
     inception = fid_eval.load_inception(cfg) if fid else None  # a bad path fails early
     evaluator = Evaluator(cfg, workdir, ckpt=ckpt, progress=progress)
     state, step = evaluator.restore(step)

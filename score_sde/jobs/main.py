@@ -117,19 +117,25 @@ def main(argv) -> int:
 
 def dry_run(config, workdir: str | None, mode: str) -> int:
     """``--dry_run``: validate ``config`` as the job would, say so, and return the exit code."""
+    if validated(config) is None:
+        return EXIT_CONFIG
+    where = f" in {workdir}" if workdir else ""
+    print(f"Config valid: --mode {mode}{where} would run (--dry_run: nothing was run).")
+    return 0
+
+
+def validated(config):
+    """The ``ExperimentConfig`` of ``config``, or None after printing why it is invalid."""
     import jax
 
     from score_sde.jobs.config import ConfigError
     from score_sde.jobs.validation import from_config_dict
 
     try:
-        from_config_dict(config, device_count=jax.device_count())
+        return from_config_dict(config, device_count=jax.device_count())
     except ConfigError as err:
         print(f"Invalid config: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    where = f" in {workdir}" if workdir else ""
-    print(f"Config valid: --mode {mode}{where} would run (--dry_run: nothing was run).")
-    return 0
+        return None
 
 
 def _cache_compiled_programs() -> None:
@@ -160,15 +166,8 @@ def run_job(
     returns the exit code (``exit_status``): 0, 2 for an invalid config or a user's
     error, 1 when training diverged, 143 / 130 when SIGTERM / SIGINT stopped it (training
     saves first)."""
-    import jax
-
-    from score_sde.jobs.config import ConfigError
-    from score_sde.jobs.validation import from_config_dict
-
-    try:
-        cfg = from_config_dict(config, device_count=jax.device_count())
-    except ConfigError as err:
-        print(f"Invalid config: {err}", file=sys.stderr)
+    cfg = validated(config)
+    if cfg is None:
         return EXIT_CONFIG
     try:
         _run_mode(
