@@ -1,7 +1,11 @@
 """One place to convert a network's output to a score and back.
 
-With x_t = alpha x0 + sigma eps, the three parameterisations relate by
-score = -eps / sigma and x0 = (x_t + sigma² score) / alpha (Tweedie's formula).
+With x_t = alpha x0 + sigma eps, the parameterisations relate by
+score = -eps / sigma, x0 = (x_t + sigma² score) / alpha (Tweedie's formula) and
+v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4; for any alpha, sigma here, so
+eps = (alpha v + sigma x_t) / (alpha² + sigma²)). "edm" is EDM's preconditioned denoiser
+D = c_skip x^ + c_out F(c_in x^; sigma) (Karras et al. 2022, Eq. 7, Table 1) around a network F:
+``network_output`` applies it, and D is an x0 prediction.
 """
 
 from collections.abc import Callable
@@ -11,7 +15,7 @@ import jax.numpy as jnp
 
 from score_sde.sde import SDE
 
-PARAMETERIZATIONS = ("score", "eps", "x0")
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "edm")
 
 
 def _check(kind: str) -> None:
@@ -27,7 +31,12 @@ _FORMULAS = {
         lambda x0, x, a, s: (1 / s**2) * (a * x0 - x),
         lambda score, x, a, s: (1 / a) * (x + s**2 * score),
     ),
+    "v": (
+        lambda v, x, a, s: -(a * v + s * x) / (s * (a**2 + s**2)),
+        lambda score, x, a, s: -(s / a) * (x + (a**2 + s**2) * score),
+    ),
 }
+_FORMULAS["edm"] = _FORMULAS["x0"]  # the preconditioned output D is an x0 prediction
 
 
 def _convert(direction: int, sde: SDE, value: jax.Array, x: jax.Array, t, kind: str):
@@ -45,8 +54,32 @@ def to_score(sde: SDE, output: jax.Array, x: jax.Array, t: jax.Array, kind: str)
 
 
 def from_score(sde: SDE, score: jax.Array, x: jax.Array, t: jax.Array, kind: str) -> jax.Array:
-    """The ``kind`` prediction (score, eps or x0) implied by ``score`` at (x, t)."""
+    """The ``kind`` prediction (score, eps, x0 or v; "edm": D, the x0) implied by ``score``."""
     return _convert(1, sde, score, x, t, kind)
+
+
+def edm_scalings(sigma: jax.Array, sigma_data: float) -> tuple[jax.Array, ...]:
+    """(c_skip, c_out, c_in) of EDM's preconditioning at noise level sigma (Karras et al. 2022,
+    Table 1)."""
+    total = sigma**2 + sigma_data**2
+    return sigma_data**2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total)
+
+
+def network_output(
+    sde: SDE, kind: str, network: Callable, x: jax.Array, t: jax.Array, *, sigma_data: float = 0.5
+) -> jax.Array:
+    """What ``to_score(..., kind)`` converts, from ``network(x_in, sigma_in)``: the network at
+    (x, sigma(t)); for "edm" the denoiser D(x^; σ) = c_skip x^ + c_out F(c_in x^; σ) (Karras et
+    al. 2022, Eq. 7) with x^ = x / alpha(t) and σ = sigma(t) / alpha(t), EDM's x and sigma."""
+    _check(kind)
+    std = sde.marginal_std(t)
+    if kind != "edm":
+        return network(x, std)
+    per_example = lambda c: c.reshape(c.shape + (1,) * (x.ndim - c.ndim))
+    sigma = std / sde.alpha(t)
+    x_hat = x / per_example(sde.alpha(t))
+    c_skip, c_out, c_in = (per_example(c) for c in edm_scalings(sigma, sigma_data))
+    return c_skip * x_hat + c_out * network(c_in * x_hat, sigma)
 
 
 def score_fn_from(sde: SDE, model_fn: Callable, kind: str) -> Callable:

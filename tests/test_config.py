@@ -290,7 +290,65 @@ def test_unknown_schedule():
 
 
 def test_unknown_parameterization():
-    _fails(_digits(**{"model.parameterization": "v"}), "config.model.parameterization", "eps")
+    _fails(_digits(**{"model.parameterization": "w"}), "config.model.parameterization", "eps")
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        ({"training.min_snr_gamma": -1.0}, ["config.training.min_snr_gamma=-1.0", ">= 0"]),
+        ({"training.min_snr_gamma": 5.0, "training.likelihood_weighting": True},
+         ["config.training.likelihood_weighting=True", "choose one loss weighting"]),
+        ({"training.edm_loss": True, "training.min_snr_gamma": 5.0},
+         ["config.training.min_snr_gamma=5.0 and edm_loss=True", "choose one"]),
+        ({"training.edm_loss": True, "training.continuous": False},
+         ["config.training.edm_loss=True", "continuous=True"]),
+        ({"training.p_std": 0.0}, ["config.training.p_std=0.0", "> 0"]),
+        ({"model.sigma_data": 0.0}, ["config.model.sigma_data=0.0", "> 0"]),
+        ({"model.parameterization": "edm", "model.scale_by_sigma": True},
+         ["config.model.scale_by_sigma=True", "scale_by_sigma=False"]),
+        ({"model.parameterization": "edm", "training.continuous": False},
+         ["config.model.parameterization='edm'", "continuous=True"]),
+        ({"sampling.thresholding": "dynamic", "data.centered": False},
+         ["config.sampling.thresholding='dynamic'", "centered=True"]),
+        ({"sampling.thresholding": "soft"}, ["config.sampling.thresholding='soft'", "dynamic"]),
+        ({"sampling.threshold_percentile": 1.5}, ["config.sampling.threshold_percentile=1.5"]),
+        ({"training.min_snr_gamma": 5.0, "model.name": "classifier", "model.num_classes": 10,
+          "training.snapshot_sampling": False, "eval.enable_bpd": False,
+          "eval.enable_sampling": False}, ["config.training.min_snr_gamma=5.0", "classifier"]),
+    ],
+)  # fmt: skip
+def test_recipe_options_that_do_not_fit(overrides, needles):
+    _fails(_digits(**overrides), *needles)
+
+
+def test_edm_cifar10_has_the_paper_s_hyperparameters():
+    """EDM's CIFAR-10 "config F" (Karras et al. 2022, Table 7 and App. F.1): DDPM++ 128 x
+    (2, 2, 2) with 4 blocks, dropout 0.13, batch 512, 200 Mimg, lr 1e-3 after a 10 Mimg ramp,
+    EMA half-life 0.5 Mimg, ln sigma ~ N(-1.2, 1.2²), sigma_data 0.5, Heun with 18 levels on the
+    rho = 7 grid over sigma in [0.002, 80]."""
+    exp = from_config_dict(_load("configs/edm/cifar10_ddpmpp_edm.py"), device_count=1)
+    t, m, o, s, sc = exp.training, exp.model, exp.optim, exp.sde, exp.sampling
+    assert (s.name, s.sigma_min, s.sigma_max) == ("vesde", 0.002, 80.0)
+    assert (m.parameterization, m.sigma_data, t.edm_loss, t.p_mean, t.p_std) == (
+        "edm", 0.5, True, -1.2, 1.2
+    )  # fmt: skip
+    assert (m.nf, m.ch_mult, m.num_res_blocks, m.attn_resolutions, m.dropout) == (
+        128, (2, 2, 2), 4, (16,), 0.13
+    )  # fmt: skip
+    assert (t.batch_size, t.n_iters * t.batch_size, o.lr, o.warmup * t.batch_size) == (
+        512, 200_000_000, 1e-3, 9_999_872
+    )  # fmt: skip
+    assert abs(m.ema_rate ** (500_000 / 512) - 0.5) < 1e-3
+    assert (sc.method, sc.n_steps, dict(sc.options)) == (
+        "heun",
+        18,
+        {"time_grid": "edm", "rho": 7.0},
+    )
+    options = {k: getattr(m, k) for k in models.OPTIONS["ncsnpp"] if hasattr(m, k)}
+    options.update(image_size=32, in_channels=3)
+    net = nnx.eval_shape(lambda: models.create("ncsnpp", rngs=nnx.Rngs(0), **options))
+    assert round(models.count_params(nnx.state(net, nnx.Param)) / 1e6, 1) == 55.7  # EDM's DDPM++
 
 
 def test_unknown_compute_dtype():

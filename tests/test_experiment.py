@@ -87,3 +87,28 @@ def test_a_model_build_error_names_the_config_field(monkeypatch):
     monkeypatch.setitem(models.MODELS, cfg.model.name, refuses)
     with pytest.raises(ConfigError, match=r"^config\.model \(name='mlp'\): width=8: too narrow"):
         experiment_lib.Experiment.create(cfg)
+
+
+def test_the_edm_parameterization_preconditions_the_network(monkeypatch):
+    """model.parameterization="edm": the network F sees c_in x/alpha and sigma/alpha, and the
+    output is D = c_skip x/alpha + c_out F with config.model.sigma_data (Karras et al., Eq. 7)."""
+    overrides = {"model.width": 8, "model.parameterization": "edm", "model.sigma_data": 0.7}
+    exp = experiment_lib.Experiment.create(
+        from_config_dict(config_dict("toy/ring8_vp.py", overrides), device_count=1)
+    )
+    seen = {}
+
+    def network(graphdef, params, rest, x, t, sigma, y=None, *, train=False, rng=None):
+        seen.update(x=x, sigma=sigma)
+        return 2 * x
+
+    monkeypatch.setattr(experiment_lib.models, "apply", network)
+    x = jax.random.normal(jax.random.key(0), (4, 2))
+    t = jax.numpy.asarray([0.05, 0.3, 0.6, 1.0])
+    a, s = exp.sde.alpha(t)[:, None], exp.sde.marginal_std(t)[:, None]
+    sigma = s / a
+    c_skip, c_in = 0.49 / (sigma**2 + 0.49), 1 / jax.numpy.sqrt(sigma**2 + 0.49)
+    c_out = sigma * 0.7 * c_in
+    out = exp.model_output(None, None, x, t)
+    chex.assert_trees_all_close(seen, {"x": c_in * x / a, "sigma": sigma[:, 0]}, rtol=1e-6)
+    chex.assert_trees_all_close(out, c_skip * x / a + c_out * 2 * c_in * x / a, rtol=1e-6)

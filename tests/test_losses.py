@@ -40,21 +40,35 @@ def _se(v):
 
 
 def _t_average(sde, eps, f):
-    """(1/(T - eps)) ∫_eps^T f(r, lam) dt with r = sigma²/v, lam = g²/sigma²: trapezoid rule on a
-    geometric grid (lam is ~1/t)."""
+    """(1/(T - eps)) ∫_eps^T f(r, lam, snr) dt with r = sigma²/v, lam = g²/sigma² and
+    snr = alpha²/sigma²: trapezoid rule on a geometric grid (lam is ~1/t)."""
     t = jnp.geomspace(eps, sde.T, 200_001)
     alpha, sigma = sde.alpha(t), sde.marginal_std(t)
     r = sigma**2 / (alpha**2 * S0**2 + sigma**2)
     lam = sde.g2(t) / sigma**2
-    return float(jax.scipy.integrate.trapezoid(f(r, lam), t)) / (sde.T - eps)
+    snr = alpha**2 / sigma**2
+    return float(jax.scipy.integrate.trapezoid(f(r, lam, snr), t)) / (sde.T - eps)
 
 
-def _expected_continuous(sde, likelihood, eps=EPS):
+GAMMA = 5.0  # min-SNR-gamma's gamma (Hang et al. 2023)
+WEIGHTS = {  # the weighting's w as a function of (lam = g²/sigma², snr = alpha²/sigma²)
+    "sigma2": lambda lam, snr: jnp.ones_like(lam),
+    "likelihood": lambda lam, snr: lam,
+    "min_snr": lambda lam, snr: jnp.minimum(snr, GAMMA) / snr,  # Hang et al., Eq. 7, on eps
+}
+WEIGHTING_OPTIONS = {
+    "sigma2": {},
+    "likelihood": {"likelihood_weighting": True},
+    "min_snr": {"min_snr_gamma": GAMMA},
+}
+
+
+def _expected_continuous(sde, weighting, eps=EPS):
     """(E[w] D/2, E[w r] D/2) over t ~ U(eps, T): E loss(c) = first + (c² - 2c) second."""
-    w = lambda lam: lam if likelihood else jnp.ones_like(lam)
+    w = WEIGHTS[weighting]
     return (
-        _t_average(sde, eps, lambda r, lam: w(lam) * D / 2),
-        _t_average(sde, eps, lambda r, lam: w(lam) * r * D / 2),
+        _t_average(sde, eps, lambda r, lam, snr: w(lam, snr) * D / 2),
+        _t_average(sde, eps, lambda r, lam, snr: w(lam, snr) * r * D / 2),
     )
 
 
@@ -62,10 +76,12 @@ def _likelihood_variances(sde, eps):
     """Exact variances of the likelihood-weighted per-example loss at c = 1: (uniform t, t
     importance-sampled with density lam/Z and weight Z/(T - eps))."""
     m2 = D * (D + 2) / 4
-    mean = _t_average(sde, eps, lambda r, lam: lam * (1 - r) * D / 2)
-    second_uniform = _t_average(sde, eps, lambda r, lam: lam**2 * (1 - r) ** 2 * m2)
+    mean = _t_average(sde, eps, lambda r, lam, snr: lam * (1 - r) * D / 2)
+    second_uniform = _t_average(sde, eps, lambda r, lam, snr: lam**2 * (1 - r) ** 2 * m2)
     z = float(losses.likelihood_normalizer(sde, eps))
-    second_is = z / (sde.T - eps) * _t_average(sde, eps, lambda r, lam: lam * (1 - r) ** 2 * m2)
+    second_is = (
+        z / (sde.T - eps) * _t_average(sde, eps, lambda r, lam, snr: lam * (1 - r) ** 2 * m2)
+    )
     return second_uniform - mean**2, second_is - mean**2
 
 
@@ -106,29 +122,32 @@ def data():
         return jax.jit(_gaussian().sample, static_argnums=1)(jax.random.key(1), 16384)
 
 
-@pytest.mark.parametrize("likelihood", [False, True], ids=["sigma2", "likelihood"])
+@pytest.mark.parametrize("weighting", sorted(WEIGHTS))
 @pytest.mark.parametrize("name", sorted(SDES))
-def test_exact_score_minimises_dsm_at_its_analytic_value(name, likelihood, data):
-    """Also: eps and x0 models giving the exact score's eps / x0 have the same per-example loss."""
+def test_exact_score_minimises_dsm_at_its_analytic_value(name, weighting, data):
+    """Also: eps, x0, v and EDM-D models giving the exact score's prediction have the same
+    per-example loss."""
     sde, gm = SDES[name], _gaussian()
+    likelihood = weighting == "likelihood"
     eps = LIKELIHOOD_EPS if likelihood else EPS
     make = lambda kind: losses.get_loss_fn(
         sde,
         _exact_model(gm, sde, kind),
         parameterization=kind,
-        likelihood_weighting=likelihood,
         eps=eps,
         per_example=True,
+        **WEIGHTING_OPTIONS[weighting],
     )
+    kinds = ("eps", "x0", "v", "edm")
 
     @jax.jit
     def run(key, x):
-        by_kind = {kind: make(kind)(key, 1.0, x) for kind in ("eps", "x0")}
+        by_kind = {kind: make(kind)(key, 1.0, x) for kind in kinds}
         return _losses_and_grads(make("score"), key, x), by_kind
 
     (vals, grads), by_kind = run(jax.random.key(2), data if likelihood else data[:4096])
-    _check_minimum(vals, grads, _expected_continuous(sde, likelihood, eps))
-    for kind in ("eps", "x0"):
+    _check_minimum(vals, grads, _expected_continuous(sde, weighting, eps))
+    for kind in kinds:
         np.testing.assert_allclose(by_kind[kind], vals[1], rtol=1e-6, err_msg=kind)
 
 
@@ -168,34 +187,40 @@ def _exact_chain_model(gm, chain, kind):
     def model_fn(c, x, t, y, rng):
         score = c * gm.score(x, chain, t)
         a, s = chain.alpha(t)[:, None], chain.marginal_std(t)[:, None]
-        return {"score": score, "eps": -s * score, "x0": (x + s**2 * score) / a}[kind]
+        v = -(s / a) * (x + (a**2 + s**2) * score)
+        return {"score": score, "eps": -s * score, "x0": (x + s**2 * score) / a, "v": v}[kind]
 
     return model_fn
 
 
+@pytest.mark.parametrize("gamma", [0.0, GAMMA], ids=["plain", "min_snr"])
 @pytest.mark.parametrize("make_chain", [_ddpm_chain, _smld_chain], ids=["ddpm", "smld"])
-def test_discrete_losses_exact_model_gives_the_analytic_value(make_chain, data):
-    """Also: eps and x0 models giving the chain's exact eps / x0 have the same per-example loss."""
+def test_discrete_losses_exact_model_gives_the_analytic_value(make_chain, gamma, data):
+    """Also: eps, x0 and v models giving the chain's exact eps / x0 / v have the same
+    per-example loss."""
     sde, chain = make_chain()
     gm = _gaussian()
     r = chain.s**2 / (chain.a**2 * S0**2 + chain.s**2)
-    expected = (D / 2, float(jnp.mean(r)) * D / 2)  # k uniform in {0, ..., N-1}
+    snr = chain.a**2 / chain.s**2
+    w = jnp.minimum(snr, gamma) / snr if gamma else jnp.ones_like(snr)
+    expected = (float(jnp.mean(w)) * D / 2, float(jnp.mean(w * r)) * D / 2)  # k uniform
     make = lambda kind: losses.get_loss_fn(
         sde,
         _exact_chain_model(gm, chain, kind),
         parameterization=kind,
         continuous=False,
         per_example=True,
+        min_snr_gamma=gamma,
     )
 
     @jax.jit
     def run(key, x):
-        by_kind = {kind: make(kind)(key, 1.0, x) for kind in ("eps", "x0")}
+        by_kind = {kind: make(kind)(key, 1.0, x) for kind in ("eps", "x0", "v")}
         return _losses_and_grads(make("score"), key, x), by_kind
 
     (vals, grads), by_kind = run(jax.random.key(6), data[:4096])
     _check_minimum(vals, grads, expected)
-    for kind in ("eps", "x0"):
+    for kind in ("eps", "x0", "v"):
         np.testing.assert_allclose(by_kind[kind], vals[1], rtol=1e-6, err_msg=kind)
 
 
@@ -242,12 +267,12 @@ def test_importance_sampling_is_unbiased_and_reduces_variance(name, data):
     run = jax.jit(lambda key, x: [make(*case)(key, 1.0, x) for case in cases])
     small_eps, uniform, importance = map(np.asarray, run(jax.random.key(9), data))
 
-    e_w, e_wr = _expected_continuous(sde, likelihood=True, eps=EPS)
+    e_w, e_wr = _expected_continuous(sde, "likelihood", eps=EPS)
     var_uniform, var_is = _likelihood_variances(sde, EPS)
     assert abs(small_eps.mean() - (e_w - e_wr)) < 4 * _se(small_eps)
     np.testing.assert_allclose(small_eps.var(), var_is, rtol=0.1)
 
-    e_w, e_wr = _expected_continuous(sde, likelihood=True, eps=LIKELIHOOD_EPS)
+    e_w, e_wr = _expected_continuous(sde, "likelihood", eps=LIKELIHOOD_EPS)
     assert abs(importance.mean() - (e_w - e_wr)) < 4 * _se(importance)
     assert abs(importance.mean() - uniform.mean()) < 4 * np.hypot(_se(importance), _se(uniform))
     if name == "ve":
@@ -305,10 +330,17 @@ def test_discrete_loss_for_subvp_is_a_clear_error():
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"parameterization": "v"}, "parameterization='v'"),
+        ({"parameterization": "w"}, "parameterization='w'"),
         ({"importance_sampling": True}, "likelihood_weighting=True"),
         ({"continuous": False, "likelihood_weighting": True}, "continuous=True"),
         ({"eps": 0.0}, "eps=0.0"),
+        ({"min_snr_gamma": -1.0}, "min_snr_gamma=-1.0"),
+        ({"min_snr_gamma": 5.0, "likelihood_weighting": True}, "choose one loss weighting"),
+        ({"edm": losses.EDMLoss(), "min_snr_gamma": 5.0}, "choose one loss weighting"),
+        ({"edm": losses.EDMLoss(), "continuous": False}, "^edm_loss=True .*continuous=True"),
+        ({"edm": losses.EDMLoss(p_std=0.0)}, "^p_std=0.0"),
+        ({"edm": losses.EDMLoss(sigma_data=-1.0)}, "^sigma_data=-1.0"),
+        ({"classifier": True, "min_snr_gamma": 5.0}, "no loss weighting"),
     ],
 )
 def test_invalid_options_are_clear_errors(options, match):

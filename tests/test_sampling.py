@@ -387,7 +387,8 @@ def test_each_method_lists_exactly_the_options_of_its_loop_and_grid():
         assert set(m.options) == keywords(m.integrate), name
         assert set(m.grid_options) == keywords(m.grid), name
     assert sampling.method_options("ddim") == (
-        "n_steps", "time_grid", "eps", "discrete", "eta", "denoise"
+        "n_steps", "time_grid", "eps", "discrete", "eta", "denoise", "thresholding",
+        "threshold_percentile",
     )  # fmt: skip
 
 

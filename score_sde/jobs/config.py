@@ -65,6 +65,12 @@ class TrainingConfig:
     reduce_mean: bool = False  # the loss is the mean over dimensions, not half their sum
     likelihood_weighting: bool = False  # weight the continuous loss by g(t)² / sigma(t)²
     importance_sampling: bool = False  # draw t in proportion to the likelihood weight
+    min_snr_gamma: float = 0.0  # min-SNR-gamma weighting (Hang et al. 2023 use 5); 0: off
+    # EDM's loss (Karras et al. 2022): ln sigma ~ N(p_mean, p_std²) with sigma = sigma(t)/alpha(t),
+    # weight (sigma² + sigma_data²) / (sigma sigma_data)², sigma_data from config.model.
+    edm_loss: bool = False
+    p_mean: float = -1.2  # edm_loss: mean of ln sigma
+    p_std: float = 1.2  # edm_loss: std of ln sigma
     eps: float = 1e-5  # smallest training time
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
     max_loss_ratio: float = 1e4  # stop on a step loss this many times the running loss (0: off)
@@ -93,6 +99,10 @@ class SamplingConfig:
     # s(x, t) + classifier_scale * grad_x log p_t(y | x) (its latest checkpoint's EMA weights).
     classifier_workdir: str = ""
     classifier_scale: float = 1.0  # weight of the classifier's gradient (classifier_workdir)
+    # Imagen's thresholding of the x0 prediction at every score evaluation (data.centered=True):
+    # None (off), "static" (clip to [-1, 1]) or "dynamic" (divide by its percentile, then clip).
+    thresholding: str | None = None
+    threshold_percentile: float = 0.995  # "dynamic": the quantile of |x0| per example
     # Other keyword options of the method, e.g. {"eta": 0.5} for ddim or {"rtol": 1e-3} for ode.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -140,7 +150,10 @@ class ModelConfig:
     dropout: float = 0.1  # dropout rate of the residual blocks
     ema_rate: float = 0.9999  # decay of the weights' moving average (eval and sampling use it)
     ema_warmup: bool = False  # decay min(ema_rate, (1 + n) / (10 + n)) at update n: short runs
-    parameterization: str = "score"  # what the network predicts: the score, noise or data
+    # What the network predicts: the score, noise (eps), data (x0), v = alpha eps - sigma x0, or
+    # "edm": EDM's preconditioned denoiser c_skip x + c_out F(c_in x) around the network F.
+    parameterization: str = "score"
+    sigma_data: float = 0.5  # the data's std: EDM's preconditioning and loss
     # NCSN++ / DDPM++ / DDPM
     scale_by_sigma: bool = False  # divide the output by sigma(t) (NCSN)
     nf: int = 128  # base number of channels (the MLP: its embedding width)
@@ -198,11 +211,14 @@ RANGES = {
         "training.keep_checkpoints eval.num_samples eval.bpd_num_repeats data.image_size "
         "model.nf model.num_res_blocks model.width model.num_blocks",
     ),
-    "> 0": (lambda v: v > 0, "sampling.snr eval.rtol eval.atol optim.lr optim.eps"),
+    "> 0": (
+        lambda v: v > 0,
+        "sampling.snr eval.rtol eval.atol optim.lr optim.eps model.sigma_data training.p_std",
+    ),
     ">= 0": (
         lambda v: v >= 0,
         "eval.begin_ckpt model.num_classes optim.weight_decay optim.warmup optim.grad_clip "
-        "sampling.classifier_scale training.max_loss_ratio",
+        "sampling.classifier_scale training.max_loss_ratio training.min_snr_gamma",
     ),
     "in [0, 1)": (
         lambda v: 0 <= v < 1,

@@ -28,7 +28,8 @@ from score_sde.jobs.config import (
     model_kwargs,
     sampling_kwargs,
 )
-from score_sde.parameterization import to_score
+from score_sde.jobs.validation import loss_options
+from score_sde.parameterization import network_output, to_score
 from score_sde.sde import SDE
 
 Array = jax.Array
@@ -199,13 +200,17 @@ class Experiment:
     def model_output(self, params, rest, x, t, y=None, *, train=False, rng=None) -> Array:
         """The network's output at (x, t) (computed in ``training.compute_dtype``: the model's
         ``dtype``; parameters stay float32)."""
-        sigma = self.sde.marginal_std(t)
-        return models.apply(self.graphdef, params, rest, x, t, sigma, y, train=train, rng=rng)
+        network = lambda x_in, sigma: models.apply(
+            self.graphdef, params, rest, x_in, t, sigma, y, train=train, rng=rng
+        )
+        model = self.cfg.model
+        return network_output(
+            self.sde, model.parameterization, network, x, t, sigma_data=model.sigma_data
+        )
 
     def loss_builder(self, *, train: bool, per_example: bool = False):
         """rest -> ``loss_fn(rng, params, x, y)``, the configured training objective (the
         batch mean, or per-example losses [B] with ``per_example``)."""
-        tc = self.cfg.training
 
         def build(rest):
             def model_fn(params, x, t, y, rng):
@@ -214,14 +219,9 @@ class Experiment:
             return losses.get_loss_fn(
                 self.sde,
                 model_fn,
-                parameterization=self.cfg.model.parameterization,
-                continuous=tc.continuous,
-                likelihood_weighting=tc.likelihood_weighting,
-                importance_sampling=tc.importance_sampling,
-                reduce_mean=tc.reduce_mean,
-                eps=tc.eps,
                 per_example=per_example,
                 classifier=self.classifier,
+                **loss_options(self.cfg),
             )
 
         return build

@@ -215,6 +215,16 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
         model.num_classes > 0 or model.name not in models.CLASSIFIERS,
         f"config.model.name={model.name!r} needs classes: set config.model.num_classes.",
     )
+    require(
+        exp.sampling.thresholding is None or exp.data.centered,
+        f"config.sampling.thresholding={exp.sampling.thresholding!r} bounds the data to [-1, 1]: "
+        "set config.data.centered=True (or thresholding=None).",
+    )
+    require(
+        not (model.parameterization == "edm" and model.scale_by_sigma),
+        "config.model.scale_by_sigma=True with parameterization='edm': EDM's c_out scales the "
+        "network's output already: set config.model.scale_by_sigma=False.",
+    )
     if size is None or "ch_mult" not in models.OPTIONS[model.name]:
         return
     try:  # the U-Net's shape, as the model builds it
@@ -247,6 +257,8 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
     for path, value, fix in [
         ("training.continuous", training.continuous, True),
         ("training.likelihood_weighting", training.likelihood_weighting, False),
+        ("training.min_snr_gamma", training.min_snr_gamma, 0.0),
+        ("training.edm_loss", training.edm_loss, False),
         ("training.snapshot_sampling", training.snapshot_sampling, False),
         ("eval.enable_bpd", exp.eval.enable_bpd, False),
         ("eval.enable_sampling", exp.eval.enable_sampling, False),
@@ -260,18 +272,27 @@ def _validate_labels(exp: ExperimentConfig, classifier: bool) -> None:
         )
 
 
+def loss_options(exp: ExperimentConfig) -> dict[str, Any]:
+    """``losses.get_loss_fn``'s keyword options from the config (the model and classifier
+    aside): the one place the config's loss fields meet the library."""
+    from score_sde import losses
+
+    tc = exp.training
+    edm = losses.EDMLoss(tc.p_mean, tc.p_std, exp.model.sigma_data) if tc.edm_loss else None
+    return dict(
+        parameterization=exp.model.parameterization, continuous=tc.continuous,
+        likelihood_weighting=tc.likelihood_weighting, importance_sampling=tc.importance_sampling,
+        reduce_mean=tc.reduce_mean, eps=tc.eps, min_snr_gamma=tc.min_snr_gamma, edm=edm,
+    )  # fmt: skip
+
+
 def _validate_loss(exp: ExperimentConfig, sde: SDE, classifier: bool) -> None:
     """Build the training loss (with a stand-in model): its errors under the config path."""
     from score_sde import losses
 
     tc = exp.training
     try:
-        losses.get_loss_fn(
-            sde, _standard_normal_score, parameterization=exp.model.parameterization,
-            continuous=tc.continuous, likelihood_weighting=tc.likelihood_weighting,
-            importance_sampling=tc.importance_sampling, reduce_mean=tc.reduce_mean, eps=tc.eps,
-            classifier=classifier,
-        )  # fmt: skip
+        losses.get_loss_fn(sde, _standard_normal_score, classifier=classifier, **loss_options(exp))
     except ValueError as err:
         name = re.match(r"(\w+)=", str(err))
         for section in ("training", "model"):

@@ -26,6 +26,12 @@ out NaN or inf: a ``RuntimeWarning``, or ``checks.NonFiniteError`` (a ``Floating
 Under ``jax.jit`` the report runs in a ``jax.debug.callback``, where "raise" surfaces as a
 ``JaxRuntimeError`` carrying the message; a program with a callback is not written to JAX's
 persistent compilation cache ("ignore" adds none).
+
+``thresholding`` (None, "static" or "dynamic") and ``threshold_percentile`` (default 0.995),
+options of every method (``sample``, ``trajectory`` and ``solve``), threshold the Tweedie
+estimate of x0 that the score implies at every evaluation, the final denoising step included
+(Imagen's static and dynamic thresholding, for data in [-1, 1]; see ``score_sde.thresholding``):
+``score_fn`` is wrapped once by ``thresholding.thresholded`` before the solver runs.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import jax
 import numpy as np
 from jax.tree_util import Partial
 
-from score_sde import checks, parameterization
+from score_sde import checks, parameterization, thresholding
 from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc, unipc
 
 
@@ -111,10 +117,14 @@ def _method(method: str) -> Method:
     return METHODS[method]
 
 
+THRESHOLD_OPTIONS = ("thresholding", "threshold_percentile")  # every method's, ``solve``'s too
+
+
 def method_options(method: str) -> tuple[str, ...]:
-    """The options ``sample`` accepts for ``method``: its grid's, its solver's, ``denoise``."""
+    """The options ``sample`` accepts for ``method``: its grid's, its solver's, ``denoise`` and
+    ``THRESHOLD_OPTIONS``."""
     m = _method(method)
-    return tuple(dict.fromkeys(m.grid_options + m.options + ("denoise",)))
+    return tuple(dict.fromkeys(m.grid_options + m.options + ("denoise",) + THRESHOLD_OPTIONS))
 
 
 def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
@@ -153,6 +163,17 @@ def _partial(score_fn) -> Partial:
     return score_fn if isinstance(score_fn, Partial) else Partial(score_fn)
 
 
+def _threshold(sde, score_fn, options: dict) -> Partial:
+    """``score_fn`` as a Partial, wrapped by ``thresholding.thresholded`` when
+    ``options["thresholding"]`` is "static" or "dynamic" (after checking both options)."""
+    mode = options.get("thresholding")
+    percentile = options.get("threshold_percentile", thresholding.DEFAULT_PERCENTILE)
+    thresholding.check(mode, percentile)
+    if mode is None:
+        return _partial(score_fn)
+    return thresholding.thresholded(sde, score_fn, mode, percentile)
+
+
 @functools.partial(jax.jit, static_argnames=("method", "options"))
 def _solve(rng, sde, score_fn, x, ts, *, method, options):
     checks.score_output(score_fn, x)  # at trace time: once per compilation
@@ -166,12 +187,15 @@ def solve(
 ):  # fmt: skip
     """Run ``method``'s solver from x at ts[0] along the grid ``ts`` (either direction; the
     adaptive methods from ts[0] to ts[-1]); returns (x, nfe). Options are the solver's own
-    (``METHODS[method].options``); the grid is the caller's. ``on_nonfinite``: see the module
-    docstring."""
+    (``METHODS[method].options``) and ``thresholding`` / ``threshold_percentile``; the grid is
+    the caller's. ``on_nonfinite``: see the module docstring."""
     checks.on_nonfinite(on_nonfinite)
-    static = _static(method, options, _method(method).options)
+    m = _method(method)
+    _static(method, options, m.options + THRESHOLD_OPTIONS)
     checks.options(options, sde.T)
-    x, nfe = _solve(rng, sde, _partial(score_fn), x, ts, method=method, options=static)
+    score_fn = _threshold(sde, score_fn, options)
+    static = tuple(sorted((k, v) for k, v in options.items() if k in m.options))
+    x, nfe = _solve(rng, sde, score_fn, x, ts, method=method, options=static)
     checks.report_nonfinite(x, on_nonfinite, "results", _hint(method))
     return x, nfe
 
@@ -205,15 +229,22 @@ def sample(rng, sde, score_fn, shape, method: str = "pc", *, on_nonfinite: str =
     ``shape`` is (batch, *data dims), all >= 1; ``on_nonfinite`` ("warn", "raise", "ignore")
     reports samples that are NaN or inf; ``denoise`` (default True) ends a grid that stops at
     eps with E[x_0 | x_eps], one more evaluation (see the module docstring).
+
+    ``thresholding`` (default None: off) thresholds the model's x0 prediction at every score
+    evaluation, for every method (Imagen, Saharia et al. 2022), on data scaled to [-1, 1]:
+    ``"static"`` clips it to [-1, 1]; ``"dynamic"`` clips each example to [-s, s] and divides by
+    s = max(1, the ``threshold_percentile`` quantile of its |x0|) (default 0.995, in (0, 1];
+    read by "dynamic" only). The samples, E[x_0 | x_eps] of the thresholded score, then lie in
+    [-1, 1] up to rounding. See ``score_sde.thresholding``.
     """
     if "save_at" in options:
         raise TypeError("save_at: call sampling.trajectory for the states at those times.")
     shape = checks.batch_shape(shape)
     checks.on_nonfinite(on_nonfinite)
-    grid, options, denoise = _split(method, sde, options)
+    grid, solver, denoise = _split(method, sde, options)
     x, nfe, _ = _run(
-        rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
-        save_at=(), denoise=denoise,
+        rng, sde, _threshold(sde, score_fn, options), method=method, shape=shape, grid=grid,
+        options=solver, save_at=(), denoise=denoise,
     )  # fmt: skip
     checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe
@@ -229,14 +260,14 @@ def trajectory(
     samples' steps nor nfe. ``on_nonfinite`` reports non-finite samples, as for ``sample``."""
     shape = checks.batch_shape(shape)
     checks.on_nonfinite(on_nonfinite)
-    grid, options, denoise = _split(method, sde, options)
+    grid, solver, denoise = _split(method, sde, options)
     ts = np.asarray(METHODS[method].grid(sde, **dict(grid)))
     t_a, t_b = float(ts[0]), max(float(ts[-1]), 0.0)
     slack = 4 * np.finfo(ts.dtype).eps * max(abs(t_a), abs(t_b))
     grids.check_save_at(save_at, round(t_a, 12), round(t_b, 12), slack)
     x, nfe, traj = _run(
-        rng, sde, _partial(score_fn), method=method, shape=shape, grid=grid, options=options,
-        save_at=tuple(float(t) for t in save_at), denoise=denoise,
+        rng, sde, _threshold(sde, score_fn, options), method=method, shape=shape, grid=grid,
+        options=solver, save_at=tuple(float(t) for t in save_at), denoise=denoise,
     )  # fmt: skip
     checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe, traj
