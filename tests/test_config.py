@@ -448,6 +448,7 @@ OPTION_TYPES = {
     "ddpm": models.NCSNppOptions,
     "classifier": models.UNetOptions,
     "mlp_classifier": models.MLPOptions,
+    "dit": models.DiTOptions,
 }
 
 
@@ -507,7 +508,10 @@ def test_sampling_kwargs_pass_fields_and_options():
     cfg = _digits(**{"sampling.method": "ode", "sampling.eps": 1e-4})
     cfg.sampling.options = {"rtol": 1e-3}
     kwargs = config_lib.sampling_kwargs(from_config_dict(cfg, device_count=1))
-    assert kwargs == {"rtol": 1e-3, "eps": 1e-4, "denoise": True}
+    assert kwargs == {"rtol": 1e-3, "eps": 1e-4, "denoise": True, "threshold_percentile": 0.995}
+    cfg.sampling.thresholding = "dynamic"
+    kwargs = config_lib.sampling_kwargs(from_config_dict(cfg, device_count=1))
+    assert (kwargs["thresholding"], kwargs["threshold_percentile"]) == ("dynamic", 0.995)
     cfg = _digits(**{"sampling.n_corrector_steps": 2, "sampling.denoise": False})
     kwargs = config_lib.sampling_kwargs(from_config_dict(cfg, device_count=1))
     assert (kwargs["n_corrector_steps"], kwargs["denoise"], kwargs["n_steps"]) == (2, False, 250)

@@ -255,7 +255,7 @@ def test_invalid_configuration_errors(kwargs, match):
 
 
 def test_unknown_model_name_lists_valid_names():
-    names = r"\['classifier', 'ddpm', 'mlp', 'mlp_classifier', 'ncsnpp'\]"
+    names = r"\['classifier', 'ddpm', 'dit', 'mlp', 'mlp_classifier', 'ncsnpp'\]"
     with pytest.raises(ValueError, match=r"'unet'.*" + names):
         models.create("unet", nnx.Rngs(0))
 
@@ -290,9 +290,11 @@ EXACT = {
     "ncsnpp_cifar10": 62_758_787,
     "ncsnpp_deep_cifar10": 107_586_947,
 }
+# The DiT presets are counted in test_dit.py.
+assert set(EXACT) == {k for k, v in models.PRESETS.items() if v["name"] != "dit"}
 
 
-@pytest.mark.parametrize("preset", sorted(models.PRESETS))
+@pytest.mark.parametrize("preset", sorted(EXACT))
 def test_preset_parameter_counts(preset, monkeypatch):
     # Speed only: jax 0.10 builds a costly error message each time flax probes a tracer's
     # .sharding while initialising under eval_shape; the count does not depend on it.

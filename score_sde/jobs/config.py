@@ -147,7 +147,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "ncsnpp"  # the network (it reads the fields its constructor takes)
     # training
-    dropout: float = 0.1  # dropout rate of the residual blocks
+    dropout: float = 0.1  # dropout rate of the residual blocks (DiT: of its MLPs)
     ema_rate: float = 0.9999  # decay of the weights' moving average (eval and sampling use it)
     ema_warmup: bool = False  # decay min(ema_rate, (1 + n) / (10 + n)) at update n: short runs
     # What the network predicts: the score, noise (eps), data (x0), v = alpha eps - sigma x0, or
@@ -156,7 +156,7 @@ class ModelConfig:
     sigma_data: float = 0.5  # the data's std: EDM's preconditioning and loss
     # NCSN++ / DDPM++ / DDPM
     scale_by_sigma: bool = False  # divide the output by sigma(t) (NCSN)
-    nf: int = 128  # base number of channels (the MLP: its embedding width)
+    nf: int = 128  # base number of channels (MLP: embedding width; DiT: sinusoidal width of t)
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)  # channels of each resolution, times nf
     num_res_blocks: int = 4  # residual blocks per resolution
     attn_resolutions: tuple[int, ...] = (16,)  # resolutions with self-attention
@@ -169,12 +169,18 @@ class ModelConfig:
     progressive_input: str = "none"  # the encoder's input pyramid
     progressive_combine: str = "sum"  # how the input pyramid joins the features
     embedding_type: str = "positional"  # time embedding: sinusoidal or Gaussian Fourier
-    init_scale: float = 0.0  # init scale of the blocks' last layers (0: taken as 1e-10)
+    init_scale: float = 0.0  # init scale of the blocks' last layers (0: 1e-10; DiT's adaLN: 0)
     fourier_scale: float = 16.0  # std of the Gaussian Fourier features
     num_classes: int = 0  # classes of a class-conditional model; 0: unconditional
     # MLP (also nf: its embedding width)
     width: int = 256  # hidden width
     num_blocks: int = 3  # residual blocks of the MLP
+    # DiT (also nf: the width of its sinusoidal embedding of t, 256 in the paper)
+    patch_size: int = 2  # DiT's patches are patch_size x patch_size pixels, one token each
+    hidden_size: int = 384  # DiT's token width
+    depth: int = 12  # DiT's transformer blocks
+    num_heads: int = 6  # DiT's attention heads (they divide hidden_size)
+    mlp_ratio: float = 4.0  # DiT's MLP width, times hidden_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,11 +215,13 @@ RANGES = {
         lambda v: v >= 1,
         "training.n_iters training.n_jitted_steps training.max_bad_steps "
         "training.keep_checkpoints eval.num_samples eval.bpd_num_repeats data.image_size "
-        "model.nf model.num_res_blocks model.width model.num_blocks",
+        "model.nf model.num_res_blocks model.width model.num_blocks model.patch_size "
+        "model.hidden_size model.depth model.num_heads",
     ),
     "> 0": (
         lambda v: v > 0,
-        "sampling.snr eval.rtol eval.atol optim.lr optim.eps model.sigma_data training.p_std",
+        "sampling.snr eval.rtol eval.atol optim.lr optim.eps model.sigma_data training.p_std "
+        "model.mlp_ratio",
     ),
     ">= 0": (
         lambda v: v >= 0,

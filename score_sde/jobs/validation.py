@@ -206,7 +206,8 @@ def _sampler_message(sc: SamplingConfig, message: str) -> str:
 
 def _validate_model_inputs(exp: ExperimentConfig) -> None:
     """Labels the model needs; a U-Net's shape (``Geometry``: images it can halve
-    len(ch_mult) - 1 times, attention at resolutions it reaches)."""
+    len(ch_mult) - 1 times, attention at resolutions it reaches); DiT's (``DiTOptions``:
+    images it can cut into patches, heads that divide its width)."""
     from score_sde import models
     from score_sde.models.ncsnpp import Geometry
 
@@ -225,13 +226,20 @@ def _validate_model_inputs(exp: ExperimentConfig) -> None:
         "config.model.scale_by_sigma=True with parameterization='edm': EDM's c_out scales the "
         "network's output already: set config.model.scale_by_sigma=False.",
     )
-    if size is None or "ch_mult" not in models.OPTIONS[model.name]:
+    if size is None or not {"ch_mult", "patch_size"} & set(models.OPTIONS[model.name]):
         return
-    try:  # the U-Net's shape, as the model builds it
-        Geometry(
-            size, exp.data.num_channels, model.nf, model.ch_mult, model.num_res_blocks,
-            model.attn_resolutions, model.resamp_with_conv,
-        )  # fmt: skip
+    try:  # the U-Net's or DiT's shape, as the model builds it
+        if "patch_size" in models.OPTIONS[model.name]:
+            models.DiTOptions(
+                image_size=size, in_channels=exp.data.num_channels, nf=model.nf,
+                patch_size=model.patch_size, hidden_size=model.hidden_size, depth=model.depth,
+                num_heads=model.num_heads, mlp_ratio=model.mlp_ratio,
+            )  # fmt: skip
+        else:
+            Geometry(
+                size, exp.data.num_channels, model.nf, model.ch_mult, model.num_res_blocks,
+                model.attn_resolutions, model.resamp_with_conv,
+            )  # fmt: skip
     except ValueError as err:
         section = "data" if str(err).startswith("image_size") else "model"
         raise ConfigError(f"config.{section}.{err}") from None

@@ -11,8 +11,8 @@ Split once, then jit plain functions over pytrees::
     apply = jax.jit(models.apply, static_argnames="train")
     out = apply(graphdef, params, rest, x, t, sigma)  # optional: y, train=True, rng=key
 
-``rest`` holds everything that is not trained (the fixed Gaussian Fourier frequencies), so the
-optimiser and the EMA see ``params`` alone.
+``rest`` holds everything that is not trained (the fixed Gaussian Fourier frequencies, DiT's
+position embedding), so the optimiser and the EMA see ``params`` alone.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from flax import nnx
 from score_sde.models import ddpm
 from score_sde.models.classifier import Classifier
 from score_sde.models.ddpm import DDPM
+from score_sde.models.dit import DiT, DiTOptions, PositionalEmbedding
 from score_sde.models.embeddings import FourierWeights, NetworkOptions
 from score_sde.models.mlp import MLP, MLPClassifier, MLPOptions
 from score_sde.models.ncsnpp import NCSNpp, NCSNppOptions, UNetOptions
@@ -37,6 +38,8 @@ __all__ = [
     "PRESETS",
     "Classifier",
     "DDPM",
+    "DiT",
+    "DiTOptions",
     "FourierWeights",
     "MLP",
     "MLPClassifier",
@@ -45,6 +48,7 @@ __all__ = [
     "NCSNppOptions",
     "NetworkOptions",
     "OPTIONS",
+    "PositionalEmbedding",
     "UNetOptions",
     "apply",
     "count_params",
@@ -58,6 +62,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "ddpm": DDPM,
     "classifier": Classifier,
     "mlp_classifier": MLPClassifier,
+    "dit": DiT,
 }
 
 
@@ -73,6 +78,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "ddpm": _fields(NCSNppOptions, without=tuple(ddpm.SETTINGS)),
     "classifier": _fields(UNetOptions, without=("null_label", "scale_by_sigma")),
     "mlp_classifier": _fields(MLPOptions, without=("null_label", "outputs")),
+    "dit": _fields(DiTOptions),
 }
 
 # Models that output class logits [B, num_classes] (trained by cross-entropy, not score matching).
@@ -118,6 +124,29 @@ PRESETS: dict[str, dict] = {
     "ncsnpp_cifar10": _NCSNPP_CIFAR10,
     "ncsnpp_deep_cifar10": dict(_NCSNPP_CIFAR10, num_res_blocks=8),
     "ddpm_cifar10": dict(name="ddpm", image_size=32, in_channels=3),  # DDPM's defaults are Ho's
+}
+
+# DiT (Peebles & Xie 2023, Table 1): (depth, hidden_size, num_heads) of each size.
+DIT_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+# The paper's ImageNet 256x256 models, on 32x32x4 latents: "dit_xl_2" is DiT-XL/2 (patch 2),
+# class-conditional with the null label (1001 embedding rows) and learn_sigma (8 outputs), as
+# in facebookresearch/DiT. Position embeddings are in ``rest``, so ``params`` is 256 x hidden
+# (or 64, 16 for patches 4, 8) smaller than the code's count of the same model.
+PRESETS |= {
+    f"dit_{size}_{patch}": dict(
+        name="dit",
+        image_size=32,
+        in_channels=4,
+        patch_size=patch,
+        depth=depth,
+        hidden_size=width,
+        num_heads=heads,
+        num_classes=1000,
+        null_label=True,
+        learn_sigma=True,
+    )
+    for size, (depth, width, heads) in DIT_SIZES.items()
+    for patch in (2, 4, 8)
 }
 
 

@@ -48,9 +48,10 @@ class GaussianFourierProjection(nnx.Module):
 
 
 class Conditioning(nnx.Module):
-    """Embedding of (t, sigma[, y]) -> temb [B, 4 nf], fed to every residual block.
+    """Embedding of (t, sigma[, y]) -> temb [B, width] (default width 4 nf), fed to every block.
 
-    temb = dense(swish(dense(emb))) (+ a learnt class embedding when ``num_classes`` is set).
+    temb = dense(swish(dense(emb))) (+ a learnt class embedding when ``num_classes`` is set),
+    emb the nf-wide sinusoidal embedding of t (or 2 nf Fourier features of log sigma).
     With ``null_label`` the table has one extra row, id ``num_classes``: the "no label" used by
     classifier-free guidance, and what ``y=None`` means for such a model.
     """
@@ -66,6 +67,7 @@ class Conditioning(nnx.Module):
         time_scale: float = 999.0,
         num_classes: int | None = None,
         null_label: bool = False,
+        width: int | None = None,
     ):
         if embedding_type not in EMBEDDINGS:
             raise ValueError(f"embedding_type={embedding_type!r}; choose one of {EMBEDDINGS}.")
@@ -76,20 +78,20 @@ class Conditioning(nnx.Module):
             if embedding_type == "fourier"
             else None
         )
-        self.nf, self.time_scale = nf, time_scale
+        self.nf, self.time_scale, self.width = nf, time_scale, width or 4 * nf
         emb_dim = 2 * nf if self.fourier else nf
-        self.dense0 = layers.dense(emb_dim, 4 * nf, prec, rngs)
-        self.dense1 = layers.dense(4 * nf, 4 * nf, prec, rngs)
+        self.dense0 = layers.dense(emb_dim, self.width, prec, rngs)
+        self.dense1 = layers.dense(self.width, self.width, prec, rngs)
         self.num_classes, self.null_label = num_classes, null_label
         self.label = (
-            nnx.Embed(num_classes + int(null_label), 4 * nf, rngs=rngs, **prec.kw())
+            nnx.Embed(num_classes + int(null_label), self.width, rngs=rngs, **prec.kw())
             if num_classes
             else None
         )
 
     @property
     def dim(self) -> int:
-        return 4 * self.nf
+        return self.width
 
     def __call__(self, t: Array, sigma: Array, y: Array | None = None) -> Array:
         if self.fourier is not None:
@@ -136,9 +138,9 @@ class NetworkOptions:
     def precision(self) -> layers.Precision:
         return layers.Precision(self.dtype, self.param_dtype)
 
-    def conditioning(self, rngs: nnx.Rngs) -> Conditioning:
+    def conditioning(self, rngs: nnx.Rngs, width: int | None = None) -> Conditioning:
         return Conditioning(
             self.nf, self.precision, rngs, embedding_type=self.embedding_type,
             fourier_scale=self.fourier_scale, time_scale=self.time_scale,
-            num_classes=self.num_classes, null_label=self.null_label,
+            num_classes=self.num_classes, null_label=self.null_label, width=width,
         )  # fmt: skip
