@@ -3,8 +3,8 @@ with 35 NFE): DDPM++ with EDM's preconditioning and loss, 200 Mimg at batch 512.
 
 EDM's own noise process x = x0 + sigma n is the VE SDE with sigma from 0.002 to 80; the sampler is
 its Heun method on the rho = 7 grid, 18 noise levels (35 score evaluations). Not reproduced
-here: EDM's non-leaking augmentation (probability 0.12), so expect a worse FID (their Table 7,
-without augmentation: about 2.4; not measured on this CPU-only machine).
+here: EDM's non-leaky augmentation (probability 0.12), so expect a somewhat worse FID (not
+measured: this machine has no GPU).
 """
 
 from configs.default_cifar10_configs import get_default_configs, set_ddpmpp
