@@ -7,16 +7,28 @@ Two models: DDPM++ of the CIFAR-10 config (vp/cifar10_ddpmpp_continuous.py) at r
 toy MLP (toy/ring8_vp.py). Data loading is excluded: the same batches are fed again.
 
     python -m bench.train [--steps 20] [--nf 32] [--batch 32] [--scan]
+
+With ``--diffusers``, instead: Ho et al.'s DDPM CIFAR-10 network (vp/cifar10_ddpm.py, 35.7M
+parameters) against diffusers' ``UNet2DModel`` at the same architecture in PyTorch
+(bench/torch_train.py: eps-MSE loss, backward, clipping, Adam, EMA, float32, eager), same
+batch of the same images, torch's threads set to the CPUs XLA uses, in one run: steps/s of
+both, their ratio, and each one's FLOP/s as a fraction of its own framework's 2048³ float32
+matmul peak. ``--compile`` wraps the diffusers model in ``torch.compile``. Needs torch and
+diffusers (``pip install 'score-sde[fid]' diffusers``).
+
+    python -m bench.train --diffusers --steps 10 --batch 16 [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from score_sde import sharding
 from score_sde.jobs import train
@@ -75,6 +87,7 @@ def bench(name: str, cfg, steps: int, scan: bool | None, peak: float, mesh=None)
     per_step = (time.perf_counter() - start) / (chunks * k)
     batch = cfg.training.batch_size
     return dict(
+        x=batches["x"][0],
         model=name,
         params=count_params(trainer.exp.params),
         batch=batch,
@@ -88,11 +101,84 @@ def bench(name: str, cfg, steps: int, scan: bool | None, peak: float, mesh=None)
     )
 
 
+HEADER = ("model", "params", "batch", "scan", "compile s", "steps/s", "examples/s",
+          "GFLOP/step", "GFLOP/s", "% of peak")  # fmt: skip
+
+
+def _row(r: dict) -> None:
+    cells = [r["model"], f"{r['params']:,}", r["batch"], "yes" if r["scan"] else "no",
+             f"{r['compile_s']:.1f}", f"{r['steps_per_s']:.2f}", f"{r['examples_per_s']:.0f}",
+             f"{r['gflop_per_step']:.2f}", f"{r['gflop_per_s']:.1f}",
+             f"{100 * r['peak_fraction']:.0f}%"]  # fmt: skip
+    print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+
+
+def cpu_threads() -> int:
+    """CPUs this process may run on: the size of XLA:CPU's thread pool."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def compare_diffusers(steps: int, batch: int, peak: float, compile: bool = False) -> None:
+    """Our DDPM CIFAR-10 train step against diffusers' UNet2DModel's in PyTorch."""
+    try:
+        import torch
+
+        from bench import torch_train
+    except ImportError as err:
+        raise SystemExit(
+            f"--diffusers needs torch and diffusers ({err}): pip install 'score-sde[fid]' diffusers"
+        ) from err
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
+    torch_peak = torch_train.matmul_peak()
+    print(
+        f"threads: XLA {threads} (CPUs of this process), torch {torch.get_num_threads()}; "
+        f"torch {torch.__version__} float32 matmul peak {torch_peak / 1e9:.1f} GFLOP/s (2048³)"
+    )
+    cfg = _config(
+        "vp/cifar10_ddpm",
+        data__dataset="digits", data__image_size=32, data__num_channels=3,
+        training__batch_size=batch, training__n_jitted_steps=1,
+    )  # fmt: skip
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
+    ours = bench("ours: DDPM (JAX)", cfg, steps, None, peak)
+    _row(ours)
+    # The same images: NHWC in [0, 1] -> NCHW in [-1, 1] (data.centered).
+    x0 = torch.from_numpy(np.array(ours["x"], np.float32)).permute(0, 3, 1, 2).contiguous() * 2 - 1
+    theirs = torch_train.bench(x0, steps, torch_peak, compile=compile)
+    name = "diffusers UNet2DModel (torch" + (" compile)" if compile else " eager)")
+    theirs |= dict(model=name, batch=batch, scan=False)
+    _row(theirs)
+    diff = ours["params"] - theirs["params"]
+    same = "identical" if diff == 0 else f"ours {diff:+,}, {100 * diff / theirs['params']:+.2f}%"
+    print(f"parameters: ours {ours['params']:,}, diffusers {theirs['params']:,} ({same})")
+    ratio = ours["steps_per_s"] / theirs["steps_per_s"]
+    print(
+        f"steps/s ours / diffusers: {ratio:.2f}x (goal: at least 1.5x); % of peak: ours of "
+        f"JAX's {peak / 1e9:.1f} GFLOP/s (XLA's FLOP count, all ops), diffusers of torch's "
+        f"{torch_peak / 1e9:.1f} GFLOP/s (FlopCounterMode: matmul, conv, attention only)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed optimiser steps per model")
     parser.add_argument("--nf", type=int, default=32, help="DDPM++ base width (paper: 128)")
-    parser.add_argument("--batch", type=int, default=32, help="DDPM++ global batch")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="global batch (default: 32 for DDPM++, 16 with --diffusers)",
+    )
+    parser.add_argument(
+        "--diffusers",
+        action="store_true",
+        help="DDPM CIFAR-10 against diffusers' UNet2DModel in PyTorch (bench/torch_train.py)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="with --diffusers: torch.compile their model"
+    )  # fmt: skip
     parser.add_argument(
         "--scan", action="store_true",
         help="also time the lax.scan step (the default off CPU; on CPU, slow for convolutions)",
@@ -102,27 +188,23 @@ def main() -> None:
     peak = matmul_peak()
     print(f"{jax.devices()[0].device_kind}: {jax.device_count()} device(s), dense float32 "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s (2048³)")  # fmt: skip
+    if args.diffusers:
+        compare_diffusers(args.steps, args.batch or 16, peak, compile=args.compile)
+        return
     ddpmpp = _config(
         "vp/cifar10_ddpmpp_continuous",
         data__dataset="digits", data__image_size=32, data__num_channels=3,
-        model__nf=args.nf, training__batch_size=args.batch,
+        model__nf=args.nf, training__batch_size=args.batch or 32,
     )  # fmt: skip
     mlp = _config("toy/ring8_vp")
     name = f"DDPM++ nf={args.nf}"
     runs = [(name, ddpmpp, None), ("toy MLP", mlp, None)]
     if args.scan:
         runs += [(name, ddpmpp, True), ("toy MLP", mlp, True)]
-    header = ("model", "params", "batch", "scan", "compile s", "steps/s", "examples/s",
-              "GFLOP/step", "GFLOP/s", "% of peak")  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
     for name, cfg, scan in runs:
-        r = bench(name, cfg, args.steps, scan, peak)
-        cells = [r["model"], f"{r['params']:,}", r["batch"], "yes" if r["scan"] else "no",
-                 f"{r['compile_s']:.1f}", f"{r['steps_per_s']:.2f}", f"{r['examples_per_s']:.0f}",
-                 f"{r['gflop_per_step']:.2f}", f"{r['gflop_per_s']:.1f}",
-                 f"{100 * r['peak_fraction']:.0f}%"]  # fmt: skip
-        print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+        _row(bench(name, cfg, args.steps, scan, peak))
 
 
 if __name__ == "__main__":
