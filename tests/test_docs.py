@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import os
 import re
 import shlex
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,14 +178,28 @@ def _is_score_sde(argv: tuple[str, ...]) -> bool:
     }  # fmt: skip
 
 
-@functools.cache
-def _dry_run_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=2)  # the CI machine's 2 cores
+# Every documented score-sde command's --dry_run in one interpreter (each alone is mostly JAX's
+# import): absl's flags are reset between runs, and so are the --config.<field> overrides the
+# last run defined.
+DRY_RUNNER = """
+import contextlib, io, json, sys
+from absl import flags
+from score_sde.jobs import main
 
-
-@functools.cache
-def _dry_run(flags: tuple[str, ...]) -> Future:
-    return _dry_run_pool().submit(_run, [sys.executable, "-m", "score_sde", *flags, "--dry_run"])
+for flag_list in json.loads(sys.stdin.read()):
+    err = io.StringIO()
+    sys.argv = ["score-sde", *flag_list, "--dry_run"]
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main.run()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    print("DRY_RUN " + json.dumps([flag_list, code, err.getvalue()[-3000:]]), flush=True)
+"""
 
 
 def _dry_run_flags(argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -194,19 +208,25 @@ def _dry_run_flags(argv: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(a for a in argv[1 if argv[0] == "score-sde" else 3 :] if a != "--multihost")
 
 
-def start_dry_runs(commands: list[Command]) -> None:
-    """Start every dry run at once, two at a time (each is mostly JAX's import): the tests
-    then wait for their own, so the file takes half the time."""
-    for command in commands:
-        found = classify(command.argv)
-        if found and found[1] is check_dry_run:
-            _dry_run(_dry_run_flags(found[2]))
+@functools.cache
+def _dry_runs() -> dict[tuple[str, ...], tuple[int, str]]:
+    """{flags: (exit code, stderr)} of every documented score-sde command's --dry_run."""
+    found = [classify(c.argv) for c in COMMANDS]
+    flag_sets = sorted({_dry_run_flags(f[2]) for f in found if f and f[1] is check_dry_run})
+    proc = subprocess.run(
+        [sys.executable, "-c", DRY_RUNNER], input=json.dumps(flag_sets), cwd=ROOT, env=_env(),
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    lines = [json.loads(x[8:]) for x in proc.stdout.splitlines() if x.startswith("DRY_RUN ")]
+    assert len(lines) == len(flag_sets), f"the dry runs stopped early:\n{proc.stderr[-3000:]}"
+    return {tuple(flags): (code, err) for flags, code, err in lines}
 
 
 def check_dry_run(argv: tuple[str, ...]) -> None:
     """The CLI parses the flags and validates the config, touching neither workdir nor data."""
     flags = _dry_run_flags(argv)
-    _assert_ok(_dry_run(flags).result(), f"score-sde {shlex.join(flags)} --dry_run")
+    code, err = _dry_runs()[flags]
+    assert code == 0, f"score-sde {shlex.join(flags)} --dry_run: exit {code}\n{err}"
 
 
 def _requirement_name(spec: str) -> tuple[str, list[str]]:
@@ -419,8 +439,6 @@ def _unique(commands: list[Command]) -> list[Command]:
 @pytest.mark.parametrize("command", _unique(COMMANDS), ids=str)
 def test_documented_command(command: Command) -> None:
     _, check, argv = classify(command.argv)
-    if check is check_dry_run:
-        start_dry_runs(COMMANDS)
     try:
         check(argv)
     except AssertionError as err:
