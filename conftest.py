@@ -1,7 +1,14 @@
-"""For every test, the notebooks' kernels included (nbmake starts them with this process's
-environment): ``SCORE_SDE_QUICK=1`` makes each notebook run its CI-sized settings (about two
-minutes on 2 cores) instead of the real ones a user gets in Jupyter."""
+"""For every test, the notebooks' kernels and the CLI's subprocesses included (they start with
+this process's environment): ``SCORE_SDE_QUICK=1`` makes each notebook run its CI-sized settings
+(about two minutes on 2 cores) instead of the real ones a user gets in Jupyter, and XLA's compiled
+programs are kept in one folder on disk that all of them share, since the job tests, the CLI runs
+and the notebooks build the same programs (models, samplers, the Inception) again and again."""
 
 import os
+import tempfile
 
 os.environ.setdefault("SCORE_SDE_QUICK", "1")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "score_sde_tests_jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -3,7 +3,6 @@
 installed) in caches of their own."""
 
 import os
-import tempfile
 
 import jax
 import pytest
@@ -11,12 +10,13 @@ from helpers import NO_TORCH, random_inception_arrays
 
 from score_sde.evaluation import weights as weights_lib
 
-# Compiled programs are kept on disk, shared by the xdist workers: the job tests build the same
-# programs (models, samplers, the Inception) again in every run_job call.
+# The root conftest.py names the compile cache for every process; this one may have imported
+# JAX before reading it.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "score_sde_tests_jax_cache")
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
