@@ -433,3 +433,28 @@ def test_scalers_are_inverse():
         y = datasets.get_data_scaler(centered)(x)
         assert (y.min(), y.max()) == (lo, 1.0)
         np.testing.assert_allclose(datasets.get_data_inverse_scaler(centered)(y), x, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("name", "split", "first", "count"),
+    [
+        ("digits", "test[:64]", 0, 64),
+        ("digits", "train[1490:]", 1490, 10),
+        ("ring8", "test[5:8]", 5, 3),
+    ],
+)
+def test_a_sliced_split_is_those_examples_of_the_split_in_order(name, split, first, count):
+    whole = datasets.get_source(name, split=split.split("[")[0])
+    part = datasets.get_source(name, split=split)
+    assert len(part) == count and part.num_classes == whole.num_classes
+    x, labels = part.read(np.arange(count))
+    want_x, want_labels = whole.read(np.arange(first, first + count))
+    np.testing.assert_array_equal(x, want_x)
+    np.testing.assert_array_equal(labels, want_labels)
+    info = datasets.dataset_info(name, split=split)
+    assert info.num_examples == count and info.shape == tuple(whole.element_shape)
+    batch_list = take(datasets.get_dataset(name, split=split, batch_size=count), 1)
+    scale = 255.0 if name == "digits" else 1.0  # batches hold images in [0, 1]
+    np.testing.assert_allclose(cat(batch_list), want_x / scale, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"split='test\[300:\]' selects no example: .* 297"):
+        datasets.get_source("digits", split="test[300:]")

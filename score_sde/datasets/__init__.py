@@ -3,6 +3,8 @@
 ``DATASETS`` maps each name to a builder of a random-access source. ``get_dataset`` turns one
 split into batches for this process (a grain ``IterDataset`` with checkpointable iterators);
 ``dataset_info`` gives the element shape, size and number of classes without reading batches.
+A split may be sliced as in tensorflow-datasets, ``"test[:1000]"`` or ``"train[500:]"``: the
+examples at those indices of the split, in its order (a quick bits/dim on part of a test set).
 
 Built in, no download: ``ring8``, ``grid25``, ``gmm16`` (Gaussian mixtures with exact densities,
 see ``synthetic.MIXTURES``), ``checkerboard``, ``swiss_roll`` (vectors; splits ``train`` of
@@ -20,11 +22,14 @@ unlabelled), "mask": bool [B] (False on padding)}. Training, for example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
 import grain
+import numpy as np
 
 from score_sde.datasets.images import DataError, digits, image_folder
 from score_sde.datasets.pipeline import Source, batches, check_batching
@@ -81,6 +86,43 @@ DATASETS: dict[str, Builder] = {
 }
 
 
+_SLICED = re.compile(r"(?P<split>[^\[\]]+)\[(?P<start>\d*):(?P<stop>\d*)\]")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicedSource:
+    """Examples ``start`` to ``stop`` (exclusive) of ``base``, in its order."""
+
+    base: Source
+    start: int
+    stop: int
+
+    @property
+    def element_shape(self) -> tuple[int, ...]:
+        return self.base.element_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.base.num_classes
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.read(np.asarray(indices) + self.start)
+
+
+def _sliced(source: Source, split: str, start: str, stop: str) -> Source:
+    """``source[start:stop]`` with Python's bounds (clipped to the split), never empty."""
+    first, end, _ = slice(int(start or 0), int(stop) if stop else None).indices(len(source))
+    if end <= first:
+        raise ValueError(
+            f"split={split!r} selects no example: the split has {len(source)}; use "
+            "[start:stop] with start < stop, e.g. test[:1000]."
+        )
+    return SlicedSource(source, first, end)
+
+
 class DatasetInfo(NamedTuple):
     shape: tuple[int, ...]  # one example: (H, W, C) or (D,)
     num_examples: int  # in the split
@@ -99,7 +141,8 @@ def get_source(
     """The random-access source of split ``split`` of data set ``name``.
 
     ``image_size`` / ``channels`` (1 or 3) default to the data set's own; ``resample`` is the
-    PIL filter for resizing: "nearest", "bilinear" or "bicubic".
+    PIL filter for resizing: "nearest", "bilinear" or "bicubic". ``split`` may be sliced:
+    ``"test[:1000]"``, ``"train[500:1500]"`` (non-negative indices, as Python clips them).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASETS))}.")
@@ -107,9 +150,12 @@ def get_source(
         raise ValueError(f"image_size={image_size!r} must be a positive integer or None.")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r} must be 1, 3 or None (the data set's own).")
-    return DATASETS[name](
-        split=split, image_size=image_size, channels=channels, data_dir=data_dir, resample=resample
-    )
+    sliced = _SLICED.fullmatch(split) if isinstance(split, str) else None
+    source = DATASETS[name](
+        split=sliced["split"] if sliced else split, image_size=image_size, channels=channels,
+        data_dir=data_dir, resample=resample,
+    )  # fmt: skip
+    return _sliced(source, split, sliced["start"], sliced["stop"]) if sliced else source
 
 
 def dataset_info(

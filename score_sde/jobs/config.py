@@ -114,7 +114,7 @@ class EvalConfig:
     batch_size: int = 1024  # global batch of the eval loss, likelihood and sampling
     enable_loss: bool = True  # the loss on the eval split at each checkpoint
     enable_bpd: bool = False  # bits/dim (probability-flow likelihood) on bpd_split
-    bpd_split: str = "test"  # the data split of the likelihood
+    bpd_split: str = "test"  # the eval split (loss, bits/dim); a slice, "test[:1000]", for part
     bpd_num_repeats: int = 1  # passes over the split (the likelihood's estimator is random)
     enable_sampling: bool = False  # draw num_samples samples at each checkpoint
     num_samples: int = 50_000  # samples drawn at each checkpoint
