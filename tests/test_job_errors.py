@@ -219,6 +219,17 @@ def test_an_image_folder_that_is_empty_or_holds_a_bad_file(tmp_path, capsys, fil
     _fails_with_one_line(capsys, config, str(tmp_path / "w"), needle)
 
 
+@pytest.mark.parametrize(
+    "split, needle",
+    [("valid", "is not a split of 'digits'"), ("test[400:]", "selects no example")],
+)
+def test_an_eval_split_that_is_not_one_fails_before_training(tmp_path, capsys, split, needle):
+    config = config_dict("digits.py", {**SMALL_UNET, "eval.bpd_split": split})
+    workdir = tmp_path / "w"
+    _fails_with_one_line(capsys, config, str(workdir), f"config.eval.bpd_split={split!r}", needle)
+    assert not (workdir / "checkpoints").exists()  # stopped at start-up, before any step
+
+
 def test_every_row_of_docs_errors_names_tests_that_exist():
     """docs/errors.md catalogues each error with its test: a row without one, or naming a test
     that is gone, fails here."""

@@ -111,6 +111,7 @@ class Experiment:
         shape, _, num_classes = datasets.dataset_info(
             d.dataset, image_size=d.image_size, channels=d.num_channels, data_dir=d.data_dir
         )
+        _check_eval_split(cfg)
         wanted = cfg.model.num_classes
         if wanted and wanted != num_classes:
             raise ConfigError(
@@ -297,3 +298,19 @@ class Experiment:
         ``sample_labels(start, n, guide)``."""
         y = self.sample_labels(start, n, guide)
         return np.asarray(jax.device_get(self.draw(params, rest, rng, y, n, guide)))
+
+
+def _check_eval_split(cfg: ExperimentConfig) -> None:
+    """``eval.bpd_split`` names a split (or a slice of one) of the data set: the eval loss
+    during training and the eval job read it. A set not prepared on this machine is told later,
+    by the job that reads it."""
+    d = cfg.data
+    try:
+        datasets.dataset_info(
+            d.dataset, split=cfg.eval.bpd_split, image_size=d.image_size,
+            channels=d.num_channels, data_dir=d.data_dir,
+        )  # fmt: skip
+    except datasets.DatasetNotPreparedError:
+        pass
+    except ValueError as err:
+        raise ConfigError(f"config.eval.bpd_split={cfg.eval.bpd_split!r}: {err}") from None
