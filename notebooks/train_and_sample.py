@@ -111,7 +111,7 @@ ax1.set_xlabel("step")
 ax1.legend()
 ax2.plot(steps, [r["grad_norm"] for r in train_log])
 ax2.set_xlabel("step")
-ax2.set_title("gradient norm (clipped at optim.grad_clip)")
+ax2.set_title(f"gradient norm, before clipping at optim.grad_clip = {config.optim.grad_clip:g}")
 plt.tight_layout()
 
 first, last = loss[:3].mean(), loss[-3:].mean()
