@@ -117,9 +117,16 @@ def test_dry_run_validates_the_config_and_touches_nothing(tmp_path):
                           cwd=ROOT, env=subprocess_env())  # fmt: skip
     assert good.returncode == 0, good.stderr
     assert "Config valid: --mode train" in good.stdout
-    bad = subprocess.run(_cli(workdir, {"sde.beta_min": -1}, "--dry_run"), capture_output=True,
-                         text=True, cwd=ROOT, env=subprocess_env())  # fmt: skip
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "beta_min" in bad.stderr
+    # a field's own rule, and one that needs the data set (the split the eval reads)
+    for field, value, needle in [
+        ("sde.beta_min", -1, "beta_min=-1.0"),
+        ("eval.bpd_split", "valid", "config.eval.bpd_split='valid': split='valid' is not a split"),
+    ]:
+        bad = subprocess.run(_cli(workdir, {field: value}, "--dry_run"), capture_output=True,
+                             text=True, cwd=ROOT, env=subprocess_env())  # fmt: skip
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and needle in bad.stderr, (
+            bad.stderr
+        )
     assert not workdir.exists()
 
 

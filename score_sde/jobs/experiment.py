@@ -111,7 +111,7 @@ class Experiment:
         shape, _, num_classes = datasets.dataset_info(
             d.dataset, image_size=d.image_size, channels=d.num_channels, data_dir=d.data_dir
         )
-        _check_eval_split(cfg)
+        check_eval_split(cfg)
         wanted = cfg.model.num_classes
         if wanted and wanted != num_classes:
             raise ConfigError(
@@ -300,7 +300,7 @@ class Experiment:
         return np.asarray(jax.device_get(self.draw(params, rest, rng, y, n, guide)))
 
 
-def _check_eval_split(cfg: ExperimentConfig) -> None:
+def check_eval_split(cfg: ExperimentConfig) -> None:
     """``eval.bpd_split`` names a split (or a slice of one) of the data set: the eval loss
     during training and the eval job read it. A set not prepared on this machine is told later,
     by the job that reads it."""

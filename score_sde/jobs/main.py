@@ -64,8 +64,9 @@ flags.DEFINE_bool(
 flags.DEFINE_bool(
     "dry_run",
     False,
-    "Parse the flags and validate the config (one line and exit code 2 if invalid), then exit 0"
-    " without touching the workdir or the data.",
+    "Parse the flags and validate the config, and that the data set has config.eval.bpd_split"
+    " (one line and exit code 2 if invalid), then exit 0 without training, evaluating or touching"
+    " the workdir.",
 )
 flags.mark_flags_as_required(["config"])
 
@@ -116,8 +117,18 @@ def main(argv) -> int:
 
 
 def dry_run(config, workdir: str | None, mode: str) -> int:
-    """``--dry_run``: validate ``config`` as the job would, say so, and return the exit code."""
-    if validated(config) is None:
+    """``--dry_run``: validate ``config`` as the job would (its fields, and that the data set
+    has ``eval.bpd_split``), say so, and return the exit code."""
+    from score_sde.jobs.config import ConfigError
+    from score_sde.jobs.experiment import check_eval_split
+
+    cfg = validated(config)
+    if cfg is None:
+        return EXIT_CONFIG
+    try:
+        check_eval_split(cfg)
+    except ConfigError as err:
+        print(f"Invalid config: {err}", file=sys.stderr)
         return EXIT_CONFIG
     where = f" in {workdir}" if workdir else ""
     print(f"Config valid: --mode {mode}{where} would run (--dry_run: nothing was run).")
