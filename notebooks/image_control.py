@@ -52,12 +52,9 @@ sys.path.insert(0, str(ROOT))
 
 from configs import digits_classifier, digits_cond  # noqa: E402
 from score_sde import control, datasets, sampling  # noqa: E402
-from score_sde.jobs import evaluate  # noqa: E402
-from score_sde.jobs.checkpoint import Checkpointer  # noqa: E402
+from score_sde.jobs.evaluator import load_model  # noqa: E402
 from score_sde.jobs.main import run_job  # noqa: E402
 from score_sde.jobs.runlog import make_grid  # noqa: E402
-from score_sde.jobs.validation import from_config_dict  # noqa: E402
-from score_sde.jobs.workdir import Workdir  # noqa: E402
 
 # %% [markdown]
 # ## Parameters
@@ -96,33 +93,29 @@ def workdir_of(name, module, quick_ch_mult):
 
 
 def load(workdir):
-    """(Experiment, EMA state) of the latest checkpoint, with the config it was trained with."""
-    saved, _ = Checkpointer(Workdir(workdir).checkpoints, read_only=True).read_json()
-    cfg = from_config_dict(saved, device_count=jax.device_count())
-    evaluator = evaluate.Evaluator(cfg, workdir)
-    state, step = evaluator.restore()
-    print(f"{workdir}: step {step}, {evaluator.exp.param_count:,} parameters")
-    return evaluator.exp, state
+    """The latest checkpoint's model (EMA parameters), with the config it was trained with."""
+    model = load_model(workdir)
+    print(f"{workdir}: step {model.step}, {model.exp.param_count:,} parameters")
+    return model
 
 
 # %%
 # Under QUICK, one resolution for the score model (its compile is what costs) and two for the
 # classifier (with one, its guidance barely moves the judge).
-cond_exp, cond_state = load(workdir_of("digits_cond", digits_cond, quick_ch_mult=(1,)))
+cond = load(workdir_of("digits_cond", digits_cond, quick_ch_mult=(1,)))
 
 # %%
-clf_exp, clf_state = load(workdir_of("digits_classifier", digits_classifier, quick_ch_mult=(1, 2)))
+clf = load(workdir_of("digits_classifier", digits_classifier, quick_ch_mult=(1, 2)))
 
 # %%
-NULL = cond_exp.cfg.model.num_classes  # the label-dropout label: "no label"
-conditional = cond_exp.score_fn(cond_state.ema_params, cond_state.rest)  # s(x, t, y)
+NULL = cond.exp.cfg.model.num_classes  # the label-dropout label: "no label"
+conditional = cond.score_fn()  # s(x, t, y)
 if not QUICK and (RUNS / "digits" / "checkpoints").exists():
-    uncond_exp, uncond_state = load(str(RUNS / "digits"))
-    unconditional = uncond_exp.score_fn(uncond_state.ema_params, uncond_state.rest)
+    unconditional = load(str(RUNS / "digits")).score_fn()
 else:  # the conditional model at the null label
-    unconditional = cond_exp.score_fn(cond_state.ema_params, cond_state.rest, jnp.full(N, NULL))
-logits_fn = clf_exp.logits_fn(clf_state.ema_params, clf_state.rest)  # p_t(y | x) logits
-sde, exp = cond_exp.sde, cond_exp
+    unconditional = cond.score_fn(jnp.full(N, NULL))
+logits_fn = clf.exp.logits_fn(clf.params, clf.rest)  # p_t(y | x) logits
+sde, exp = cond.exp.sde, cond.exp
 shape = (N, *exp.data_shape)
 size = exp.data_shape[0]  # 16, or 8 under QUICK
 

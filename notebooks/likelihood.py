@@ -44,9 +44,8 @@ import numpy as np
 from score_sde import analytic, likelihood
 from score_sde import sde as sde_lib
 from score_sde.datasets import synthetic
-from score_sde.jobs import evaluate
+from score_sde.jobs.evaluator import load_model
 from score_sde.jobs.main import run_job
-from score_sde.jobs.validation import from_config_dict
 from score_sde.jobs.workdir import Workdir
 
 # The experiment configs live in the repository's `configs/` folder, not in the installed
@@ -164,8 +163,8 @@ assert variance["hutchinson-rademacher"][0] < variance["hutchinson-gaussian"][0]
 #
 # Train the MLP of `configs/toy/ring8_vp.py` on the same ring of 8 Gaussians through the
 # public job API (`score_sde.jobs.main.run_job`, what `score-sde --mode train` runs), in a
-# temporary workdir, then restore its EMA parameters the way the eval job does
-# (`evaluate.Evaluator(cfg, workdir).restore()`) and take `exp.score_fn(params, rest)`.
+# temporary workdir, then read its checkpoint back (`load_model(workdir)`: the EMA parameters,
+# under the config saved with them) and take its score function.
 # `model.ema_warmup` keeps a run this short from averaging in its random initialisation.
 
 
@@ -183,12 +182,9 @@ def train(config, workdir):
     """Train ``config`` into ``workdir``; returns (the Experiment, its score_fn)."""
     if not os.path.isdir(Workdir(workdir).checkpoints):
         assert run_job(config, workdir, mode="train", progress=not QUICK) == 0
-    evaluator = evaluate.Evaluator(
-        from_config_dict(config, device_count=jax.device_count()), workdir
-    )
-    state, step = evaluator.restore()
-    print(f"restored step {step} of {workdir}")
-    return evaluator.exp, evaluator.exp.score_fn(state.ema_params, state.rest)
+    model = load_model(workdir)
+    print(f"restored step {model.step} of {workdir}")
+    return model.exp, model.score_fn()
 
 
 n = TOY_ITERS

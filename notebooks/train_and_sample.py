@@ -32,7 +32,6 @@
 # not digits.
 
 # %%
-import dataclasses
 import json
 import os
 import sys
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from configs import digits, digits_tiny  # noqa: E402
 from score_sde import sampling  # noqa: E402
 from score_sde.jobs import evaluate  # noqa: E402
+from score_sde.jobs.evaluator import load_model  # noqa: E402
 from score_sde.jobs.main import run_job  # noqa: E402
 from score_sde.jobs.runlog import make_grid  # noqa: E402
 from score_sde.jobs.validation import from_config_dict  # noqa: E402
@@ -151,17 +151,15 @@ assert trained_loss < LOSS_BOUND < untrained_loss
 # %% [markdown]
 # ## Load the checkpoint: EMA and raw parameters
 #
-# `Evaluator.restore()` reads the EMA parameters only (what the eval job needs). Asking for the
-# raw ones too takes a restore target whose `params` field is filled in: any tree of the right
-# structure (here the EMA target's) works, and the optimiser state stays unread.
+# `load_model(workdir)` reads a checkpoint (the latest, or `step=...`) under the config saved
+# with it, so it needs no config: the EMA parameters by default, the raw ones with `ema=False`;
+# the optimiser state stays unread.
 
 # %%
-target = dataclasses.replace(evaluator.target, params=evaluator.target.ema_params)
-state, step = evaluator.ckpt.restore(target, skip=("opt_state",))
-exp = evaluator.exp  # the Experiment: SDE, model, data scaling
-ema_score = exp.score_fn(state.ema_params, state.rest)
-raw_score = exp.score_fn(state.params, state.rest)
-print(f"checkpoint {step}: {exp.param_count:,} parameters, {type(exp.sde).__name__}")
+ema, raw = load_model(WORKDIR), load_model(WORKDIR, ema=False)
+exp = ema.exp  # the Experiment: SDE, model, data scaling
+ema_score, raw_score = ema.score_fn(), raw.score_fn()
+print(f"checkpoint {ema.step}: {exp.param_count:,} parameters, {type(exp.sde).__name__}")
 
 # %% [markdown]
 # ## Every method at a few budgets
@@ -264,7 +262,7 @@ plt.tight_layout()
 
 gap = max(
     float(np.abs(a - b).max())
-    for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params), strict=True)
+    for a, b in zip(jax.tree.leaves(ema.params), jax.tree.leaves(raw.params), strict=True)
 )
 print(f"largest |EMA - raw| parameter difference: {gap:.3g}")
 assert gap > 0  # two different sets of weights were restored

@@ -12,6 +12,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -20,6 +21,7 @@ from helpers import TESTS, tiny_toy_config
 from score_sde.jobs import checkpoint as ckpt_lib
 from score_sde.jobs import runlog
 from score_sde.jobs import train as train_lib
+from score_sde.jobs.evaluator import load_model
 from score_sde.jobs.state import UNREAD_BY_EVAL, init_state
 from score_sde.jobs.workdir import Workdir
 
@@ -161,6 +163,27 @@ def test_an_eval_reads_the_ema_parameters_and_not_the_optimiser(tmp_path, monkey
     with pytest.raises(ValueError, match="read_only"):
         writer.restore(trainer.initial_state(), skip=UNREAD_BY_EVAL)
     writer.close()
+
+
+def test_load_model_reads_a_checkpoint_under_its_saved_config(tmp_path):
+    """``load_model(workdir)`` needs no config: the EMA parameters (or the raw ones) and the
+    step of the checkpoint asked for, equal to a full restore's, and a score function."""
+    steps = {"n_iters": 4, "n_jitted_steps": 2, "snapshot_freq": 2, "log_freq": 2}
+    overrides = {f"training.{k}": v for k, v in steps.items()}
+    overrides |= {"training.snapshot_freq_for_preemption": 2, "model.width": 12}
+    trainer = train_lib.Trainer(tiny_toy_config(**overrides))
+    trainer.run(str(tmp_path), progress=False)
+    full, step = _final_state(trainer, str(tmp_path))
+    ema, raw = load_model(str(tmp_path)), load_model(str(tmp_path), ema=False)
+    assert ema.step == raw.step == step == 4 and ema.exp.cfg.model.width == 12
+    chex.assert_trees_all_equal(jax.device_get(ema.params), full.ema_params)
+    chex.assert_trees_all_equal(jax.device_get(raw.params), full.params)
+    x, t = jax.random.normal(jax.random.key(0), (5, 2)), jnp.full((5,), 0.5)
+    assert not np.allclose(ema.score_fn()(x, t), raw.score_fn()(x, t))  # two sets of weights
+    first = load_model(str(tmp_path), step=2)
+    assert first.step == 2 and not np.allclose(first.score_fn()(x, t), ema.score_fn()(x, t))
+    with pytest.raises(ckpt_lib.NoCheckpointError):
+        load_model(str(tmp_path / "nothing_here"))
 
 
 def test_missing_step_lists_the_available_ones(tmp_path):

@@ -1,10 +1,14 @@
 """The evaluation jobs' shared parts: ``Evaluator`` (the experiment, its mesh, a restore target
-and the jitted metrics of one config, built once per job) and ``load_guide``, the classifier of
-classifier guidance, checked against the score model's experiment."""
+and the jitted metrics of one config, built once per job), ``load_model`` (a checkpoint's model
+under the config saved with it) and ``load_guide``, the classifier of classifier guidance,
+checked against the score model's experiment."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -157,10 +161,47 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
         f"{field}: its classifier has {clf.model.num_classes} classes but config.model."
         f"num_classes={classes}.",
     )
-    evaluator = Evaluator(clf, workdir)
-    state, _ = evaluator.restore()
-    logits_fn = evaluator.exp.logits_fn(state.ema_params, state.rest)
+    model = load_model(workdir)
+    logits_fn = model.exp.logits_fn(model.params, model.rest)
     return experiment_lib.Guide(logits_fn, clf.model.num_classes, cfg.sampling.classifier_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """One checkpoint of a run: ``exp`` (its SDE, model, data scaling and sampler, built from
+    the config saved with the checkpoint), the parameters and ``rest`` of the model, the step."""
+
+    exp: Experiment
+    params: Any
+    rest: Any
+    step: int
+
+    def score_fn(self, y: jax.Array | None = None) -> Callable:
+        """``Experiment.score_fn`` of these parameters: score_fn(x, t), or (x, t, y)."""
+        return self.exp.score_fn(self.params, self.rest, y)
+
+
+def load_model(workdir: str, step: int | None = None, *, ema: bool = True) -> TrainedModel:
+    """Checkpoint ``step`` (default: the latest) of the run in ``workdir``, under the config it
+    was trained with: its EMA parameters, or the raw ones with ``ema=False``; the optimiser
+    state is not read. Raises ``NoCheckpointError`` for a workdir without checkpoints and
+    ``ConfigError`` when the saved config does not validate here."""
+    ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
+    try:
+        saved, _ = ckpt.read_json(step)
+        try:
+            cfg = from_config_dict(saved, device_count=jax.device_count())
+        except ConfigError as err:
+            raise ConfigError(f"{workdir}: its saved config is invalid here: {err}") from None
+        exp = Experiment.create(cfg)
+        target = init_state(cfg.seed, exp.params, exp.rest, sharding.make_mesh())
+        if not ema:  # read params into the EMA's structure, and leave the EMA unread
+            target = dataclasses.replace(target, params=target.ema_params, ema_params=None)
+        skip = UNREAD_BY_EVAL if ema else ("ema_params", "opt_state")
+        state, step = ckpt.restore(target, step, skip=skip)
+    finally:
+        ckpt.close()
+    return TrainedModel(exp, state.ema_params if ema else state.params, state.rest, step)
 
 
 def eval_source(cfg: ExperimentConfig) -> datasets.Source:
