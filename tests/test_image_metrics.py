@@ -351,3 +351,22 @@ def test_density_coverage_hand_case():
     real = np.array([[0.0], [1.0], [2.0], [3.0]])  # open balls of radius 1
     fake = np.array([[0.5], [10.0], [20.0]])  # 0.5 lies in the balls of 0 and 1 only
     np.testing.assert_allclose(knn.density_coverage(real, fake, k=1), (2 / 3, 0.5))
+
+
+def test_the_report_has_no_kid_std_when_each_subset_is_the_whole_set(monkeypatch):
+    """With at most ``KID_SUBSET`` features a side, every KID subset is both whole sets: the
+    report gives the KID of the sets and no spread (it would be ~1e-16, read as an error bar)."""
+    from score_sde.evaluation.streaming import FEATURES, Accumulator
+    from score_sde.jobs import fid_eval
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(2, 40, FEATURES)).astype(np.float32)
+    fake += 0.2
+    acc = Accumulator.empty(40, 40, logits=False).update(fake, None)
+    ref = fid_eval.Reference(real.mean(0), np.cov(real, rowvar=False), 40, real, "ref.npz")
+    whole = fid_eval.image_metrics(acc, ref, seed=0)
+    assert whole["kid_std"] is None
+    np.testing.assert_allclose(whole["kid"], _mmd2_unbiased_loops(real, fake), rtol=1e-5)
+    monkeypatch.setattr(fid_eval, "KID_SUBSET", 20)
+    subsets = fid_eval.image_metrics(acc, ref, seed=0)
+    assert subsets["kid_std"] > 0 and subsets["kid"] != whole["kid"]

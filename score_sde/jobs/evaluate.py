@@ -12,8 +12,9 @@ last one) with the EMA parameters:
 - ``samples``: ``eval.num_samples`` samples (a grid PNG and an .npz); for vector data also the
   sliced Wasserstein and energy distances to the held-out split;
 - image quality (images, with ``eval.enable_sampling`` and ``eval.num_fid_samples`` > 0):
-  ``fid``, ``kid`` (and ``kid_std``), ``inception_score`` (with pytorch-fid's weights, which
-  have the logits; null otherwise), ``precision``, ``recall``, ``density`` and ``coverage``
+  ``fid``, ``kid`` (and ``kid_std``, its spread over subsets of 1,000 samples: null with no
+  more samples than that), ``inception_score`` (with pytorch-fid's weights, which have the
+  logits; null otherwise), ``precision``, ``recall``, ``density`` and ``coverage``
   of ``eval.num_fid_samples`` samples against the statistics of ``eval.fid_split``
   (``fid_eval``). Without Inception weights they are null and one line says how to get them.
 

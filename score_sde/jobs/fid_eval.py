@@ -167,7 +167,7 @@ def load_reference(cfg: ExperimentConfig, inception: ev.Inception, *, progress: 
 def image_metrics(acc: Accumulator, ref: Reference, seed: int) -> dict:
     """FID (and its sample count), IS, KID, precision/recall and density/coverage; None where
     the inputs lack what a metric needs (logits for IS; for the rest, ``MIN_FID_SET`` reference
-    features)."""
+    features; for ``kid_std``, more than ``KID_SUBSET`` features on each side)."""
     out = {
         "fid": ev.frechet_distance(acc.stats.mean, acc.stats.cov, ref.mu, ref.sigma),
         "fid_num_samples": acc.stats.n,
@@ -184,7 +184,10 @@ def image_metrics(acc: Accumulator, ref: Reference, seed: int) -> dict:
     kid = ev.kernel_inception_distance(real, fake, subset_size=min(KID_SUBSET, m), seed=seed)
     values = (*kid, *ev.precision_recall(real, fake, k=PR_K))
     values += ev.density_coverage(real, fake, k=DC_K)
-    return out | {k: float(v) for k, v in zip(names, values, strict=True)}
+    out |= {k: float(v) for k, v in zip(names, values, strict=True)}
+    if m <= KID_SUBSET:  # each KID subset is all of both sets: their spread is no error bar
+        out["kid_std"] = None
+    return out
 
 
 def images_metrics(cfg: ExperimentConfig, inception, images: np.ndarray, *, progress: bool):
