@@ -129,15 +129,12 @@ def load_guide(cfg: ExperimentConfig) -> experiment_lib.Guide | None:
     field = f"config.sampling.classifier_workdir={workdir!r}"
     try:
         ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
-        saved, _ = ckpt.read_json()
-        clf = from_config_dict(saved, device_count=jax.device_count())
+        clf = _saved_config(ckpt, None, field)
     except ckpt_lib.NoCheckpointError as err:
         raise ckpt_lib.NoCheckpointError(
             f"{field}: {err} Train a noise-conditional classifier there first "
             "(e.g. configs/digits_classifier.py or configs/toy/ring8_classifier.py)."
         ) from None
-    except ConfigError as err:
-        raise ConfigError(f"{field}: its saved config is invalid here: {err}") from None
     require(
         clf.model.name in models.CLASSIFIERS,
         f"{field} holds a {clf.model.name!r} model, not a classifier {models.CLASSIFIERS}.",
@@ -188,11 +185,7 @@ def load_model(workdir: str, step: int | None = None, *, ema: bool = True) -> Tr
     ``ConfigError`` when the saved config does not validate here."""
     ckpt = ckpt_lib.Checkpointer(Workdir(workdir).checkpoints, read_only=True)
     try:
-        saved, _ = ckpt.read_json(step)
-        try:
-            cfg = from_config_dict(saved, device_count=jax.device_count())
-        except ConfigError as err:
-            raise ConfigError(f"{workdir}: its saved config is invalid here: {err}") from None
+        cfg = _saved_config(ckpt, step, workdir)
         exp = Experiment.create(cfg)
         target = init_state(cfg.seed, exp.params, exp.rest, sharding.make_mesh())
         if not ema:  # read params into the EMA's structure, and leave the EMA unread
@@ -202,6 +195,16 @@ def load_model(workdir: str, step: int | None = None, *, ema: bool = True) -> Tr
     finally:
         ckpt.close()
     return TrainedModel(exp, state.ema_params if ema else state.params, state.rest, step)
+
+
+def _saved_config(ckpt: ckpt_lib.Checkpointer, step: int | None, where: str) -> ExperimentConfig:
+    """The config saved with checkpoint ``step`` (None: the latest), validated on this machine;
+    a ``ConfigError`` names ``where`` when it does not validate."""
+    saved, _ = ckpt.read_json(step)
+    try:
+        return from_config_dict(saved, device_count=jax.device_count())
+    except ConfigError as err:
+        raise ConfigError(f"{where}: its saved config is invalid here: {err}") from None
 
 
 def eval_source(cfg: ExperimentConfig) -> datasets.Source:
