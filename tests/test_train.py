@@ -95,6 +95,25 @@ def test_k_steps_per_call_equal_single_steps_and_ema_follows_its_recursion(scan)
     assert shapes == [(3,), (3,)]  # Adam's mu["w"] and nu["w"] only
 
 
+@pytest.mark.parametrize("scan", [True, False])
+def test_the_step_compiles_once_from_a_fresh_and_from_a_restored_state(scan, tmp_path):
+    """The step-0 state and a restored one are placed as the step returns its state: the
+    step compiles once (on a GPU a second compile of a real model costs minutes)."""
+    state, _, mesh = _setup()
+    optimizer = train_lib.make_optimizer(OptimConfig(lr=LR, warmup=WARMUP, grad_clip=0.0))
+    step_fn = train_lib.make_train_step(
+        quadratic_builder, optimizer, EMA, mesh, _prepare, scan=scan
+    )
+    jitted = step_fn.scanned if scan else step_fn.single
+    for _ in range(2):
+        state, _ = step_fn(state, _batches([[1.0, 2.0, 3.0]], mesh))
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(2, state, config={})
+    restored, step = ckpt.restore(_setup()[0])
+    step_fn(restored, _batches([[1.0, 2.0, 3.0]], mesh))
+    assert step == 2 and jitted._cache_size() == 1
+
+
 def test_scan_and_loop_agree_on_the_mlp():
     """The scan path (GPU/TPU default) and the CPU loop train the toy MLP alike."""
     cfg = tiny_toy_config()

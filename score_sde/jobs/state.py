@@ -48,9 +48,10 @@ def init_state(
         return TrainState(
             params=None, ema_params=params, opt_state=None, **put_replicated(host, mesh)
         )
+    # Placed as the train step returns them, so its first call does not compile it again.
     return TrainState(
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=jax.jit(optimizer.init, out_shardings=replicated(mesh))(params),
-        **host,
+        **put_replicated(host, mesh),
     )
