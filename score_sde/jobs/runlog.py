@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -104,6 +105,21 @@ def _step(line: str) -> float:
         return float("inf")
 
 
+def summary_writer() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without torch: tensorboardX imports torch
+    when it is installed (2-3 s per job process) only to accept torch tensors, which we never
+    pass. A ``None`` in ``sys.modules`` makes that ``import torch`` fail for the moment."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+
+
 class RunLog:
     """Scalars to tensorboard and ``metrics.jsonl``, a progress bar, and sample grids.
 
@@ -128,9 +144,7 @@ class RunLog:
         os.makedirs(workdir.root, exist_ok=True)
         self.jsonl_path = workdir.metrics
         truncate_jsonl(self.jsonl_path, initial_step)
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(workdir.tensorboard, purge_step=initial_step or None)
+        self._writer = summary_writer()(workdir.tensorboard, purge_step=initial_step or None)
         if progress:
             from tqdm.auto import tqdm
 
@@ -251,9 +265,7 @@ class EvalLog:
         self.done = self.report["checkpoints"]
         self._writer = None
         if jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(workdir.eval_tensorboard)
+            self._writer = summary_writer()(workdir.eval_tensorboard)
 
     def add(self, step: int, result: dict) -> None:
         self.done[str(step)] = result
