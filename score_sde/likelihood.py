@@ -59,10 +59,10 @@ def _log_likelihood(rng, sde, score_fn, x, *, divergence, rtol, atol, eps, solve
     field = _divergence_field(probability_flow_drift(sde), divergence)
     y0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     args = (odeint.PerExample(probe), score_fn)
-    (z, integral), nfe, _ = odeint.solve(
+    (z, integral), nfe, _, stuck = odeint.solve_counting_stuck(
         field, y0, eps, sde.T, args=args, rtol=rtol, atol=atol, solver=solver
     )
-    return sde.prior_logp(z) + integral, nfe
+    return sde.prior_logp(z) + integral, nfe, stuck
 
 
 def log_likelihood(
@@ -105,9 +105,10 @@ def log_likelihood(
     checks.end_time("eps", eps, sde.T)
     if not isinstance(score_fn, Partial):
         score_fn = Partial(score_fn)
-    logp, nfe = _log_likelihood(
+    logp, nfe, stuck = _log_likelihood(
         rng, sde, score_fn, x, divergence=divergence, rtol=rtol, atol=atol, eps=eps, solver=solver
     )
+    odeint.report_stuck(stuck, rtol, atol)  # after the jitted solve: that program stays cacheable
     checks.report_nonfinite(logp, on_nonfinite, "log-likelihoods")
     return logp, nfe
 

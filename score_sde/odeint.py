@@ -99,6 +99,26 @@ def solve(
     solver: str = "tsit5",
     save_at: tuple = (),
 ):
+    """``solve_counting_stuck`` whose stuck examples raise (``report_stuck``): (y1, nfe,
+    trajectory)."""
+    kw = dict(args=args, rtol=rtol, atol=atol, solver=solver, save_at=save_at)
+    y1, nfe, trajectory, stuck = solve_counting_stuck(vector_field, y0, t0, t1, **kw)
+    report_stuck(stuck, rtol, atol)
+    return y1, nfe, trajectory
+
+
+def solve_counting_stuck(
+    vector_field: Callable,
+    y0,
+    t0: float,
+    t1: float,
+    *,
+    args=None,
+    rtol: float,
+    atol: float,
+    solver: str = "tsit5",
+    save_at: tuple = (),
+):
     """Solve dy/dt = vector_field(t, y, args) from t0 to t1 for each example of a batch.
 
     ``vector_field`` acts on ONE example (no batch axis); ``y0`` is a pytree whose leaves have a
@@ -106,17 +126,19 @@ def solve(
     example i gets ``PerExample(value[i:i+1])`` (so a score_fn with bound labels can be called
     on the example as a batch of one).
 
-    Returns (y1, nfe, trajectory). y1 has the structure of y0; an example whose vector field
-    (or state) went NaN/inf is returned as NaN, its trajectory too, for the caller to report
-    (the sampler's and the likelihood's ``on_nonfinite``). An example that needs more than
-    ``MAX_STEPS`` steps with finite values raises a runtime error. nfe is the exact number of
-    batched vector-field evaluations: in lockstep, every iteration of the batch evaluates
-    stages 2..s for all examples, and stage 1 as long as some example has not accepted its
-    first step, so nfe = (s - 1) max_i steps_i + max_i first_stage_i. The trajectory's leaves
-    have shape [len(save_at), B, ...] for ``save_at`` (times in [t0, t1], any order; empty by
-    default): the solver's dense interpolant at each time (y1 itself at t1). Saving uses no
-    vector-field evaluations and leaves the steps and nfe unchanged (y1 too, up to rounding:
-    the compiled program differs).
+    Returns (y1, nfe, trajectory, stuck). y1 has the structure of y0; an example whose vector
+    field (or state) went NaN/inf is returned as NaN, its trajectory too, for the caller to
+    report (the sampler's and the likelihood's ``on_nonfinite``). ``stuck`` (int32 []) counts
+    the examples that needed more than ``MAX_STEPS`` steps with finite values, for the caller
+    to pass to ``report_stuck`` (``solve`` does): outside its jitted program, that program has
+    no host callback and so is kept in JAX's persistent compilation cache. nfe is the exact
+    number of batched vector-field evaluations: in lockstep, every iteration of the batch
+    evaluates stages 2..s for all examples, and stage 1 as long as some example has not
+    accepted its first step, so nfe = (s - 1) max_i steps_i + max_i first_stage_i. The
+    trajectory's leaves have shape [len(save_at), B, ...] for ``save_at`` (times in [t0, t1],
+    any order; empty by default): the solver's dense interpolant at each time (y1 itself at
+    t1). Saving uses no vector-field evaluations and leaves the steps and nfe unchanged (y1
+    too, up to rounding: the compiled program differs).
     """
     check_solver(solver)
     method = SOLVERS[solver]()
@@ -141,10 +163,10 @@ def solve(
         return y1, ys, sol.stats["num_steps"], sol.controller_state[2], stuck
 
     y1, ys, steps, first_stage, stuck = jax.vmap(one, in_axes=(0, axes))(y0, nodes)
-    jax.debug.callback(functools.partial(_raise_if_stuck, rtol, atol), jnp.sum(stuck))
     stages = len(method.tableau.c) + 1
     nfe = (stages - 1) * jnp.max(steps) + jnp.max(first_stage)
-    return y1, nfe, jax.tree_util.tree_map(functools.partial(_trajectory, ts, order, t1), ys, y1)
+    trajectory = jax.tree_util.tree_map(functools.partial(_trajectory, ts, order, t1), ys, y1)
+    return y1, nfe, trajectory, jnp.sum(stuck, dtype=jnp.int32)
 
 
 def _failures(sol) -> tuple:
@@ -157,8 +179,17 @@ def _failures(sol) -> tuple:
     return ys, failed & (nonfinite == 0)
 
 
+def report_stuck(stuck, rtol: float, atol: float) -> None:
+    """Raise ``RuntimeError`` when ``stuck`` (``solve_counting_stuck``'s count) is not zero: at
+    once when it is concrete; under jit from a ``jax.debug.callback`` when the program runs (a
+    runtime error carrying the message, like diffrax's)."""
+    if isinstance(stuck, jax.core.Tracer):
+        jax.debug.callback(functools.partial(_raise_if_stuck, rtol, atol), stuck)
+    else:
+        _raise_if_stuck(rtol, atol, stuck)
+
+
 def _raise_if_stuck(rtol, atol, count) -> None:
-    """Raised inside the compiled solve (a runtime error carrying this message, like diffrax's)."""
     if int(count):
         raise RuntimeError(
             f"odeint.solve: {int(count)} example(s) did not reach t1 in MAX_STEPS={MAX_STEPS} "

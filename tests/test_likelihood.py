@@ -200,3 +200,20 @@ def test_clear_errors():
         call(divergence="hutchinson")
     with pytest.raises(ValueError, match="solver='euler'"):
         call(solver="euler")
+
+
+def test_a_stiff_solve_raises_after_a_jitted_program_without_host_callbacks():
+    """Too stiff for its tolerances: ``RuntimeError`` saying so, raised after the jitted solve,
+    whose program holds no host callback (XLA writes no such program to the persistent compile
+    cache, and each process would compile the likelihood again)."""
+    sde, x, key = SDES["vp"], jnp.ones((2, 2)), jax.random.key(0)
+
+    def stiff(x, t):
+        return -1e5 * x * (1 + jnp.sin(1e3 * t))[:, None]
+
+    with pytest.raises(RuntimeError, match=r"2 example\(s\) did not reach t1 .* too stiff"):
+        likelihood.log_likelihood(key, sde, stiff, x, "exact", rtol=1e-8, atol=1e-8)
+    options = dict(divergence="exact", rtol=1e-5, atol=1e-5, eps=1e-5, solver="tsit5")
+    score = jax.tree_util.Partial(lambda x, t: -x)
+    hlo = likelihood._log_likelihood.lower(key, sde, score, x, **options).as_text()
+    assert "callback" not in hlo and "stablehlo.while" in hlo  # the solve, without a callback
