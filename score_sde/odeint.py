@@ -87,23 +87,11 @@ def check_solver(solver: str) -> None:
         raise ValueError(f"solver={solver!r} is unknown; use one of {sorted(SOLVERS)}.")
 
 
-def solve(
-    vector_field: Callable,
-    y0,
-    t0: float,
-    t1: float,
-    *,
-    args=None,
-    rtol: float,
-    atol: float,
-    solver: str = "tsit5",
-    save_at: tuple = (),
-):
-    """``solve_counting_stuck`` whose stuck examples raise (``report_stuck``): (y1, nfe,
-    trajectory)."""
-    kw = dict(args=args, rtol=rtol, atol=atol, solver=solver, save_at=save_at)
-    y1, nfe, trajectory, stuck = solve_counting_stuck(vector_field, y0, t0, t1, **kw)
-    report_stuck(stuck, rtol, atol)
+def solve(vector_field: Callable, y0, t0: float, t1: float, **options):
+    """``solve_counting_stuck`` (the same arguments) whose stuck examples raise
+    (``report_stuck``): (y1, nfe, trajectory)."""
+    y1, nfe, trajectory, stuck = solve_counting_stuck(vector_field, y0, t0, t1, **options)
+    report_stuck(stuck, options["rtol"], options["atol"])
     return y1, nfe, trajectory
 
 
