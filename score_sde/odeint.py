@@ -17,6 +17,8 @@ import diffrax
 import jax
 import jax.numpy as jnp
 
+from score_sde import checks
+
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 """Explicit Runge–Kutta pairs of order 5(4), 7 stages, first-same-as-last (FSAL)."""
 
@@ -171,7 +173,7 @@ def report_stuck(stuck, rtol: float, atol: float) -> None:
     """Raise ``RuntimeError`` when ``stuck`` (``solve_counting_stuck``'s count) is not zero: at
     once when it is concrete; under jit from a ``jax.debug.callback`` when the program runs (a
     runtime error carrying the message, like diffrax's)."""
-    if isinstance(stuck, jax.core.Tracer):
+    if checks.is_traced(stuck):
         jax.debug.callback(functools.partial(_raise_if_stuck, rtol, atol), stuck)
     else:
         _raise_if_stuck(rtol, atol, stuck)

@@ -98,7 +98,7 @@ def test_k_steps_per_call_equal_single_steps_and_ema_follows_its_recursion(scan)
 @pytest.mark.parametrize("scan", [True, False])
 def test_the_step_compiles_once_from_a_fresh_and_from_a_restored_state(scan, tmp_path):
     """The step-0 state and a restored one are placed as the step returns its state: the
-    step compiles once (on a GPU a second compile of a real model costs minutes)."""
+    step compiles once, not again at its second call."""
     state, _, mesh = _setup()
     optimizer = train_lib.make_optimizer(OptimConfig(lr=LR, warmup=WARMUP, grad_clip=0.0))
     step_fn = train_lib.make_train_step(

@@ -37,21 +37,22 @@ def init_state(
     of its own (sharing them would fail under donation: "donate the same buffer twice").
     Without ``optimizer``, an eval's restore target: ``UNREAD_BY_EVAL`` fields are None."""
     params = put_replicated(params, mesh)
-    host = dict(
-        step=np.int32(0),
-        rest=rest,
-        rng=np.asarray(jax.random.key_data(jax.random.key(seed))),
-        bad_steps=np.int32(0),
-        skipped=np.int32(0),
+    # Placed as the train step returns them, so its first call does not compile it again.
+    scalars = put_replicated(
+        dict(
+            step=np.int32(0),
+            rest=rest,
+            rng=np.asarray(jax.random.key_data(jax.random.key(seed))),
+            bad_steps=np.int32(0),
+            skipped=np.int32(0),
+        ),
+        mesh,
     )
     if optimizer is None:
-        return TrainState(
-            params=None, ema_params=params, opt_state=None, **put_replicated(host, mesh)
-        )
-    # Placed as the train step returns them, so its first call does not compile it again.
+        return TrainState(params=None, ema_params=params, opt_state=None, **scalars)
     return TrainState(
         params=params,
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=jax.jit(optimizer.init, out_shardings=replicated(mesh))(params),
-        **put_replicated(host, mesh),
+        **scalars,
     )
