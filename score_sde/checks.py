@@ -128,6 +128,12 @@ def _nonfinite(x) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(rows), jnp.argmax(rows)
 
 
+def count_nonfinite(x) -> jax.Array:
+    """The number of examples of x: [B, ...] with a NaN or inf (jit-able), for a caller that
+    reports it outside its program with ``report_nonfinite_count``."""
+    return _nonfinite(x)[0]
+
+
 def _report(on_nonfinite: str, message: str, count) -> None:
     count = int(count)
     if count == 0:
@@ -135,7 +141,7 @@ def _report(on_nonfinite: str, message: str, count) -> None:
     message = message.format(count=count)
     if on_nonfinite == "raise":
         raise NonFiniteError(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=4)  # the caller of sample()
+    warnings.warn(message, RuntimeWarning, stacklevel=5)  # the caller of sample()
 
 
 def report_nonfinite(values, on_nonfinite: str, what: str, hint: str = "") -> None:
@@ -145,16 +151,27 @@ def report_nonfinite(values, on_nonfinite: str, what: str, hint: str = "") -> No
     Eagerly, the count is read at once. Under jit (``values`` traced) a ``jax.debug.callback``
     reports it when the program runs: ``"warn"`` warns; ``"raise"`` raises inside the callback,
     which surfaces as a ``JaxRuntimeError`` carrying the message, so call eagerly to catch
-    ``NonFiniteError`` itself.
+    ``NonFiniteError`` itself. A program with a callback is never written to JAX's persistent
+    compilation cache: jitted callers that want theirs cached pass ``"ignore"`` inside, return
+    ``count_nonfinite`` of the values and call ``report_nonfinite_count`` after the program.
     """
+    report_nonfinite_count(
+        None if on_nonfinite == "ignore" else count_nonfinite(values),
+        values.shape[0], on_nonfinite, what, hint,
+    )  # fmt: skip
+
+
+def report_nonfinite_count(
+    count, total: int, on_nonfinite: str, what: str, hint: str = ""
+) -> None:  # fmt: skip
+    """``report_nonfinite`` of ``count`` (``count_nonfinite``) non-finite examples of ``total``."""
     if on_nonfinite == "ignore":
         return
     message = (
-        f"{{count}} of {values.shape[0]} {what} are not finite (NaN or inf): the score returned "
+        f"{{count}} of {total} {what} are not finite (NaN or inf): the score returned "
         f"NaN/inf{hint}. Check score_fn (its parameters, its inputs at small t); "
         "on_nonfinite='ignore' silences this check."
     )
-    count, _ = _nonfinite(values)
     if is_traced(count):
         jax.debug.callback(functools.partial(_report, on_nonfinite, message), count)
     else:

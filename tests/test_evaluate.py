@@ -1,13 +1,22 @@
 """The eval job (score_sde.jobs.evaluate): which checkpoints it evaluates, the conditional
 likelihood it reports, and an eval running beside training."""
 
+import types
+
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY_TOY, config_dict
+from helpers import DIGITS_TINY, TINY_TOY, config_dict
 
-from score_sde.jobs import evaluate
+from score_sde.jobs import evaluate, fid_eval
+from score_sde.jobs.evaluator import Evaluator
 from score_sde.jobs.main import run_job
 from score_sde.jobs.validation import from_config_dict
+
+# Two batches of 8 FID samples, 5 sampler steps.
+FID_SMALL = {"eval.batch_size": 8, "eval.num_fid_samples": 16, "eval.fid_subsample": 10}
 
 
 @pytest.mark.parametrize(
@@ -84,3 +93,36 @@ def test_eval_beside_training_picks_up_checkpoints_as_they_appear(tmp_path):
     assert not job.is_alive()
     assert sorted(result["checkpoints"], key=int) == ["10", "20"]
     assert result["latest"]["step"] == 20 and np.isfinite(result["latest"]["bpd"])
+
+
+class _PixelInception:
+    """A stand-in for the Inception: each image's 2048 "features" are its mean pixel."""
+
+    has_logits = False
+
+    def outputs(self, images):
+        means = images.reshape(len(images), -1).mean(-1, dtype=np.float32)
+        return np.repeat(means[:, None], 2048, axis=1), None
+
+
+def test_the_fid_sampler_is_one_cacheable_program_and_nan_samples_still_warn(tmp_path, monkeypatch):
+    """The eval's FID sampler is jitted with no host callback (XLA caches no program with one
+    on disk, and every eval job would compile its sampler again); samples that come out NaN
+    are still reported, after the program, once per batch."""
+    cfg = from_config_dict(config_dict("digits.py", DIGITS_TINY | FID_SMALL), device_count=1)
+    ev = Evaluator(cfg, str(tmp_path), ckpt=object())
+    key_data = np.asarray(jax.random.key_data(jax.random.key(0)))
+    args = (ev.exp.params, ev.exp.rest, key_data, None)
+    assert "callback" not in ev.draw_uint8.fn.lower(*args).as_text()
+    nan_params = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), ev.exp.params)
+    images, count = ev.draw_uint8(nan_params, ev.exp.rest, key_data, None)
+    chex.assert_shape(images, (8, 16, 16, 1))
+    assert int(count) == 8
+
+    ref = fid_eval.Reference(np.zeros(2048), np.eye(2048), 24, None, "reference")
+    state = types.SimpleNamespace(ema_params=nan_params, rest=ev.exp.rest)
+    with pytest.warns(RuntimeWarning, match="8 of 8 samples are not finite") as caught:
+        fid_eval.evaluate_samples(
+            ev, state, 4, str(tmp_path), _PixelInception(), ref, progress=False
+        )
+    assert len([w for w in caught if "not finite" in str(w.message)]) == 2  # two batches of 8

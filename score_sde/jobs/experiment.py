@@ -266,6 +266,14 @@ class Experiment:
     def draw(self, params, rest, rng: Array, y: Array | None, n: int, guide=None) -> Array:
         """``n`` samples in data space as a device array (jit-able; images clipped to [0, 1]),
         of labels ``y`` [n] for a class-conditional model or a classifier ``guide``."""
+        return self.to_data(self.draw_raw(params, rest, rng, y, n, guide))
+
+    def draw_raw(
+        self, params, rest, rng: Array, y: Array | None, n: int, guide=None, *,
+        on_nonfinite: str = "warn",
+    ) -> Array:  # fmt: skip
+        """``draw``'s samples in the model's space, before ``to_data``; ``on_nonfinite`` as for
+        ``sampling.sample``."""
         if self.conditional:
             score_fn = self.guided_score_fn(params, rest, y)
         else:
@@ -278,8 +286,13 @@ class Experiment:
             score_fn,
             (n, *self.data_shape),
             method=self.cfg.sampling.method,
+            on_nonfinite=on_nonfinite,
             **sampling_kwargs(self.cfg),
         )
+        return x
+
+    def to_data(self, x: Array) -> Array:
+        """Samples in the model's space to data space (images clipped to [0, 1])."""
         x = self.inverse_scaler(x)
         return jnp.clip(x, 0.0, 1.0) if len(self.data_shape) == 3 else x
 

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from score_sde import datasets, sharding
+from score_sde import checks, datasets, sharding
 from score_sde import evaluation as ev
 from score_sde.evaluation.streaming import (
     Accumulator,
@@ -215,14 +215,20 @@ def fid_stats_job(cfg: ExperimentConfig, *, progress: bool = True) -> str:
 
 # --- a checkpoint's samples ------------------------------------------------------------------
 def sample_fn(evaluator):
-    """Jitted (params, rest, key data, labels) -> a global batch of ``eval.batch_size`` uint8
-    samples, sharded over ``evaluator.mesh`` (``evaluator``: ``evaluator.Evaluator``)."""
+    """Jitted (params, rest, key data, labels) -> (a global batch of ``eval.batch_size`` uint8
+    samples, sharded over ``evaluator.mesh``; how many of them came out NaN or inf, for
+    ``checks.report_nonfinite_count``), ``evaluator``: ``evaluator.Evaluator``. The count is
+    reported after the program, which then has no host callback and is kept in JAX's
+    persistent compilation cache: an eval job does not compile its sampler again."""
     exp, guide, n = evaluator.exp, evaluator.guide, evaluator.cfg.eval.batch_size
 
     def draw(params, rest, key_data, y):
-        return to_uint8(exp.draw(params, rest, jax.random.wrap_key_data(key_data), y, n, guide))
+        key = jax.random.wrap_key_data(key_data)
+        x = exp.draw_raw(params, rest, key, y, n, guide, on_nonfinite="ignore")
+        return to_uint8(exp.to_data(x)), checks.count_nonfinite(x)
 
-    return jax.jit(draw, out_shardings=sharding.batch_sharding(evaluator.mesh))
+    out = (sharding.batch_sharding(evaluator.mesh), sharding.replicated(evaluator.mesh))
+    return jax.jit(draw, out_shardings=out)
 
 
 def _fingerprint(cfg: ExperimentConfig, logits: bool) -> str:
@@ -272,7 +278,8 @@ def evaluate_samples(evaluator, state, step: int, out_dir: str, inception, ref, 
             key_data = np.asarray(jax.random.key_data(jax.random.fold_in(key, i)))
             y = evaluator.exp.sample_labels(i * bs, bs, evaluator.guide)
             args = sharding.put_replicated((key_data, y), evaluator.mesh)
-            images = evaluator.draw_uint8(state.ema_params, state.rest, *args)
+            images, nonfinite = evaluator.draw_uint8(state.ema_params, state.rest, *args)
+            checks.report_nonfinite_count(nonfinite, bs, "warn", "samples")
             yield sharding.gather(images), min(bs, n - i * bs)
 
     saved = time.monotonic()
