@@ -5,8 +5,10 @@ state dict, and weights files that are missing, damaged or of the wrong shape.""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 from helpers import NO_TORCH, random_inception_arrays
 
 from score_sde import datasets, evaluation
@@ -177,6 +179,28 @@ def test_network_has_the_fid_inception_layers():
     assert len(layers) == 94 and layers[5] == "Mixed_5b.branch1x1"
     assert layers[-1] == "Mixed_7c.branch_pool"
     assert sum(int(np.prod(s)) for s in shapes.values()) == 23_885_392
+
+
+def test_the_abstract_network_is_traced_once_per_process_and_loading_leaves_it_abstract(
+    monkeypatch,
+):
+    """Its shapes are traced once (seconds under jax 0.10: every eval job checks and loads
+    weights against them twice), and converting weights does not write into the shared copy."""
+    built, net = [], evaluation.inception.InceptionV3
+    monkeypatch.setattr(weights_lib, "InceptionV3", lambda **kw: built.append(kw) or net(**kw))
+    weights_lib._abstract.cache_clear()
+    try:
+        arrays = random_inception_arrays(logits=False)
+        weights_lib.to_nnx(arrays, False, "random")
+        graphdef, state = weights_lib.to_nnx(arrays, False, "random")
+        assert len(built) == 1 and weights_lib.expected_shapes(False)
+        assert len(built) == 1
+        kernel = weights_lib._abstract(False).Conv2d_1a_3x3.conv.kernel.get_value()
+        assert not isinstance(kernel, np.ndarray | jax.Array), type(kernel)
+        loaded = nnx.to_flat_state(state)[0][1].get_value()
+        assert isinstance(loaded, np.ndarray | jax.Array)
+    finally:
+        weights_lib._abstract.cache_clear()  # later tests build it again, unpatched
 
 
 def test_finder_converts_fid_helper_once(fid_helper_weights, tmp_path, caplog):

@@ -17,6 +17,7 @@ torch array layouts) with a ``.json`` beside it holding its sha256. It lives in
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -59,7 +60,10 @@ def weights_dir(root: str | None = None) -> str:
 
 
 # --- the layout ------------------------------------------------------------------------------
+@functools.cache
 def _abstract(logits: bool) -> InceptionV3:
+    """The model's shapes, without values; built once per process (seconds under jax 0.10) and
+    shared: read it, never assign to it."""
     return nnx.eval_shape(lambda: InceptionV3(logits=logits, rngs=nnx.Rngs(0)))
 
 
