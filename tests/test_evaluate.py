@@ -105,7 +105,7 @@ class _PixelInception:
         return np.repeat(means[:, None], 2048, axis=1), None
 
 
-def test_the_fid_sampler_is_one_cacheable_program_and_nan_samples_still_warn(tmp_path, monkeypatch):
+def test_the_fid_sampler_is_one_cacheable_program_and_nan_samples_still_warn(tmp_path):
     """The eval's FID sampler is jitted with no host callback (XLA caches no program with one
     on disk, and every eval job would compile its sampler again); samples that come out NaN
     are still reported, after the program, once per batch."""
