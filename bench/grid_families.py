@@ -1,0 +1,107 @@
+"""The default time grid of dpm_solver and unipc per SDE family: ``time_grid="optimized"``
+against ``"logsnr"`` under the default SDE of each family that has a table
+(``grid_tables.TABLES``), on bench/targets.py's four mixtures, none of which any table was
+fitted on. DPM-Solver++(2M), (3M) and UniPC-3 with data and noise prediction, at 5, 10 and 20
+NFE (n_steps = NFE - 1, plus the denoising step); 2000 samples, seeds 1-3 after a compiling
+call, scored as bench/samplers.py scores (sliced W2 and within-mode sliced W2 over their noise
+floors). Printed: a line per run, then the geometric means over the targets.
+
+    python bench/grid_families.py [--families vp ve] [--budgets 5 10 20] [--targets 2d ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))  # bench/'s modules import by name, as a script
+import samplers as bench  # noqa: E402
+
+from score_sde import sde as sde_lib  # noqa: E402
+
+FAMILIES = {
+    sde.grid_family: sde
+    for sde in (
+        sde_lib.VPSDE(), sde_lib.VPSDE(schedule="cosine"), sde_lib.SubVPSDE(), sde_lib.VESDE()
+    )
+}  # fmt: skip
+CONFIGS = {  # label: (method, options)
+    "dpm++ 2M": ("dpm_solver", {}),
+    "dpm++ 3M": ("dpm_solver", dict(order=3)),
+    "unipc-3 noise": ("unipc", dict(prediction="noise")),
+    "unipc-3 data": ("unipc", dict(prediction="data")),
+}
+GRIDS = ("logsnr", "optimized")
+SAMPLES, SEEDS = 2000, 3
+
+
+def run(family: str, target_names, budgets) -> list[tuple]:
+    """(family, target, NFE, label, {grid: (SW / floor, within / floor)}) per run."""
+    bench.SDE = FAMILIES[family]  # bench.sampler's SDE
+    rows = []
+    for name in target_names:
+        target = bench.Target.build(name, bench.targets_lib.mixtures()[name], SAMPLES)
+        for budget in budgets:
+            for label, (method, options) in CONFIGS.items():
+                scores = {}
+                for kind in GRIDS:
+                    run_options = dict(options, n_steps=budget - 1, time_grid=kind)
+                    sample = bench.sampler(target, SAMPLES, method, run_options)
+                    r = bench.evaluate(target, sample, SEEDS, label)
+                    scores[kind] = (r.sw_ratio, r.within)
+                rows.append((family, name, budget, label, scores))
+                cells = " | ".join(
+                    f"{k}: SW {s:.2f}, within {w:.2f}" for k, (s, w) in scores.items()
+                )
+                print(f"{family} {name} NFE {budget} {label}: {cells}", flush=True)
+        jax.clear_caches()
+    return rows
+
+
+def summary(rows: list[tuple]) -> None:
+    """Geometric means over the targets, and the targets where "optimized" is >10% worse."""
+    groups = collections.defaultdict(list)
+    for family, name, budget, label, scores in rows:
+        groups[(family, label, budget)].append((name, scores))
+    print(
+        "\n| family | solver | NFE | gm SW logsnr | gm SW optimized | gm within logsnr |"
+        " gm within optimized | optimized within >1.1x worse on |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for (family, label, budget), runs in groups.items():
+        gm = {
+            (kind, i): math.exp(np.mean([math.log(s[kind][i]) for _, s in runs]))
+            for kind in GRIDS for i in (0, 1)
+        }  # fmt: skip
+        worse = [
+            f"{name} {s['optimized'][1] / s['logsnr'][1]:.2f}x"
+            for name, s in runs if s["optimized"][1] > 1.1 * s["logsnr"][1]
+        ]  # fmt: skip
+        cells = [gm["logsnr", 0], gm["optimized", 0], gm["logsnr", 1], gm["optimized", 1]]
+        print(
+            f"| {family} | {label} | {budget} | "
+            + " | ".join(f"{c:.2f}" for c in cells)
+            + f" | {', '.join(worse) or '-'} |"
+        )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20])
+    names = ["2d", "16d", "2d-sharp", "64d-aniso"]
+    parser.add_argument("--targets", nargs="+", default=names, choices=names)
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {SAMPLES}, {SEEDS} seeds")
+    rows = [row for f in args.families for row in run(f, args.targets, args.budgets)]
+    summary(rows)
+
+
+if __name__ == "__main__":
+    main()
