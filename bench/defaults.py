@@ -68,21 +68,20 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     ),
     "dpm_solver": variants(
         dict(
-            order=2, stepping="multistep", time_grid="logsnr", prediction="data",
+            order=2, stepping="multistep", time_grid=None, prediction="data",
             lower_order_final=True,
         ),
         *combinations(
-            order=(2, 3), stepping=("multistep", "singlestep"), time_grid=("logsnr", "edm")
+            order=(2, 3), stepping=("multistep", "singlestep"), time_grid=(None, "logsnr", "edm")
         ),
-        *combinations(order=(2, 3), time_grid=("logsnr", "edm"), prediction=("noise",)),
+        *combinations(order=(2, 3), time_grid=(None, "logsnr", "edm"), prediction=("noise",)),
         dict(order=3, lower_order_final=False),
-        dict(time_grid="optimized"), dict(order=3, time_grid="optimized"),
     ),
-    "unipc": variants(
-        dict(order=3, variant="bh2", time_grid="logsnr", prediction="noise"),
-        *combinations(order=(3, 2), variant=("bh2", "bh1"), time_grid=("logsnr", "edm")),
-        dict(prediction="data"),
-        dict(time_grid="optimized"),  # dpm_solver's table
+    "unipc": variants(  # time_grid=None: dpm_solver's default grid (optimized under VPSDE)
+        dict(order=3, variant="bh2", time_grid=None, prediction="data"),
+        *combinations(order=(3, 2), variant=("bh2", "bh1"), time_grid=(None, "logsnr")),
+        dict(time_grid="edm"), dict(prediction="noise"),
+        dict(prediction="noise", time_grid="logsnr"),
     ),
     "heun": variants(
         dict(time_grid="logsnr", rho=7.0),

@@ -76,16 +76,18 @@ LADDER = [
     ("pc rd+langevin r=.16", "pc", dict(corrector="langevin"), _odd),
     ("ddim", "ddim", {}, _next),  # on the logSNR grid, its default
     ("ddim, uniform t", "ddim", dict(time_grid="uniform"), _next),
-    ("dpm++ 2M", "dpm_solver", {}, _next),
+    ("dpm++ 2M", "dpm_solver", {}, _next),  # on the optimized grid under VPSDE, its default
+    ("dpm++ 2M logsnr", "dpm_solver", dict(time_grid="logsnr"), _next),
     ("dpm++ 3M", "dpm_solver", dict(order=3), _next),
     ("dpm++ 2S", "dpm_solver", dict(stepping="singlestep"), _singlestep(2)),
     ("dpm++ 3S", "dpm_solver", dict(order=3, stepping="singlestep"), _singlestep(3)),
     ("heun", "heun", {}, _odd),  # logSNR grid, then a last Euler step to t = 0
     ("heun, edm rho=7", "heun", dict(time_grid="edm"), _odd),
     ("heun, uniform t", "heun", dict(time_grid="uniform"), _odd),
-    ("unipc-2 bh2", "unipc", dict(order=2), _next),  # noise prediction, the default
+    ("unipc-2 bh2", "unipc", dict(order=2), _next),  # data prediction, dpm_solver's grid
     ("unipc-3 bh2", "unipc", {}, _next),
-    ("unipc-3 bh2 data", "unipc", dict(prediction="data"), _next),
+    ("unipc-3 bh2 logsnr", "unipc", dict(time_grid="logsnr"), _next),
+    ("unipc-3 bh2 noise logsnr", "unipc", dict(prediction="noise", time_grid="logsnr"), _next),
 ]
 DEFAULTS = [  # the cases (run on 2d-sharp at 19, 49 and 99 NFE)
     ("pc (defaults: ald)", "pc", {}, _odd),

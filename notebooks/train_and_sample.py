@@ -221,7 +221,8 @@ plt.tight_layout()
 # UniPC, Heun, the adaptive ODE) draw the same digits from the same noise, and a few of them are
 # speckled at every budget, the adaptive ODE's 746 evaluations included: the model, not the
 # solver, is short there (see docs/benchmarks.md for what a better recipe does). Below 20 NFE
-# pc, Euler–Maruyama, UniPC (noise prediction, its default) and Heun are still mostly noise.
+# pc, Euler–Maruyama, UniPC (with noise prediction, its default then) and Heun are still mostly
+# noise.
 
 # %%
 untrained = evaluator.exp.score_fn(evaluator.target.ema_params, evaluator.target.rest)

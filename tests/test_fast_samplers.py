@@ -60,6 +60,7 @@ def test_ddim_eta0_is_dpm_solver_1_step_for_step(sde, prediction):
         shape,
         method="dpm_solver",
         n_steps=8,
+        time_grid="logsnr",
         order=1,
         prediction=prediction,
         save_at=save_at,
@@ -342,8 +343,8 @@ def test_trajectory_is_recorded_at_the_requested_times():
     t_mid = float(0.5 * (ts[3] + ts[4]))
     save_at = (sde.T, float(ts[3]), t_mid, float(ts[4]), sde.sampling_eps, 0.5)
     x, nfe, traj = sampling.trajectory(
-        rng, sde, score_fn, shape, method="dpm_solver", n_steps=10, save_at=save_at,
-        denoise=False,
+        rng, sde, score_fn, shape, method="dpm_solver", n_steps=10, time_grid="logsnr",
+        save_at=save_at, denoise=False,
     )  # fmt: skip
     chex.assert_shape(traj, (6, 8, 2))
     np.testing.assert_allclose(traj[0], sde.prior_sampling(jax.random.split(rng)[0], shape))
@@ -351,7 +352,14 @@ def test_trajectory_is_recorded_at_the_requested_times():
     np.testing.assert_allclose(traj[4], x)
     at_half = traj[5]
     x_plain, _ = sampling.sample(
-        rng, sde, score_fn, shape, method="dpm_solver", n_steps=10, denoise=False
+        rng,
+        sde,
+        score_fn,
+        shape,
+        method="dpm_solver",
+        n_steps=10,
+        time_grid="logsnr",
+        denoise=False,
     )
     np.testing.assert_allclose(x_plain, x)  # recording does not change the solve
     # Heun ends at sigma = 0, saved as t = 0; the adaptive solver records accepted steps only.

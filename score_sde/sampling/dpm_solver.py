@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import parameterization as param
-from score_sde.sampling import grids
+from score_sde.sampling import grid_tables, grids
 from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -130,9 +130,12 @@ def order_runs(orders: np.ndarray) -> list[tuple[int, int, int]]:
     return [(a, b, int(orders[a])) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
-def grid(sde: SDE, *, n_steps: int = 20, time_grid: str = "logsnr", eps=None) -> Array:
-    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time)."""
-    return grids.time_grid(sde, n_steps, time_grid, t_end=eps, solver="dpm_solver")
+def grid(sde: SDE, *, n_steps: int = 20, time_grid: str | None = None, eps=None) -> Array:
+    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time). The default,
+    ``grid_tables.default_kind``, is the optimized grid under VP, VP-cosine and sub-VP and the
+    logsnr grid otherwise: the best measured at 20 NFE (``python bench/grid_families.py``)."""
+    kind = time_grid or grid_tables.default_kind("dpm_solver", sde.grid_family)
+    return grids.time_grid(sde, n_steps, kind, t_end=eps, solver="dpm_solver")
 
 
 def integrate(
@@ -150,8 +153,9 @@ def integrate(
 ):
     """DPM-Solver(++) from x at ts[0] along the grid ts; returns (x, nfe, trajectory).
 
-    Defaults give DPM-Solver++(2M), within the noise of the best candidate measured at 20 NFE
-    (``python bench/defaults.py``, docs/benchmarks.md); ``prediction="noise"`` is the original
+    Defaults give DPM-Solver++(2M), on ``grid``'s default grid within the noise of the best
+    candidate measured at 20 NFE (``python bench/defaults.py``, ``python
+    bench/grid_families.py``, docs/benchmarks.md); ``prediction="noise"`` is the original
     DPM-Solver, ``stepping="singlestep"`` spends ``order`` evaluations per step. nfe =
     len(ts) - 1 for multistep, the sum of the step orders for singlestep. Each run of steps of
     one order is one ``lax.scan`` (no per-step branch), with the model history of multistep in

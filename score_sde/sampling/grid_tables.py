@@ -29,7 +29,9 @@ On the held-out target (3x3 modes of std 0.05, never fitted on) at 5, 8, 10, 15 
 0.79, 0.51, 0.14; vp-cosine 0.28, 1.43, 0.94, 0.29; subvp 0.24, 0.22, 0.23, 0.19; ve 0.53, 1.28,
 0.75, 0.05. From 20 steps on it swings from 0.001 to 53 (worse than logsnr: vp-cosine 53 at 20,
 subvp 3.3 at 30, ve 1.3 and 1.2 at 20 and 30), unlike the proxies: one sharp target is a noisy
-judge of a grid.
+judge of a grid. The default grid of dpm_solver and unipc was therefore chosen on the four
+targets of bench/samplers.py under each family's SDE (``DEFAULT_FAMILIES``;
+bench/grid_families.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -209,6 +211,18 @@ def interpolate(table: dict[int, Fractions], n_steps: int) -> np.ndarray:
     f = (1.0 - w) * curve(lo) + w * curve(hi)
     f[0], f[-1] = 0.0, 1.0
     return f
+
+
+# solver: the SDE families whose optimized table is its default grid. Chosen by measurement on
+# the bench targets, which no table was fitted on (docs/benchmarks.md, "The default grid per SDE
+# family"): there it beat "logsnr" at 20 NFE; under "ve" it did not.
+DEFAULT_FAMILIES: dict[str, tuple[str, ...]] = {"dpm_solver": ("vp", "vp-cosine", "subvp")}
+
+
+def default_kind(solver: str, family: str) -> str:
+    """The default ``time_grid`` of ``solver`` under an SDE of ``family``: "optimized" where
+    ``DEFAULT_FAMILIES`` lists the family, else "logsnr"."""
+    return "optimized" if family in DEFAULT_FAMILIES.get(solver, ()) else "logsnr"
 
 
 def fractions(solver: str | None, family: str, n_steps: int) -> np.ndarray:

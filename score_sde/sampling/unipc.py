@@ -95,7 +95,7 @@ def integrate(
     ts,
     *,
     order=3,
-    prediction="noise",
+    prediction="data",
     variant="bh2",
     corrector=True,
     lower_order_final=True,
@@ -107,13 +107,13 @@ def integrate(
     Steps warm up with orders 1, 2, ... (and with ``lower_order_final`` end with lower ones), as
     multistep DPM-Solver. Each step is UniP, the model at the prediction, then UniC reusing that
     evaluation; the last step has no corrector (it would cost an evaluation), so n steps cost n
-    evaluations. ``corrector=False`` leaves UniP alone. The defaults (UniPC-3, bh2, noise
-    prediction) are the best measured at 20 NFE (``python bench/defaults.py``,
-    docs/benchmarks.md): within modes 1.40x the noise floor against 1.57x for data prediction
-    (geometric means over 4 targets). At 5 NFE data prediction is far better (within the sharp
-    modes 29x against 196x the floor), and it is the safer choice under strong guidance (Lu et
-    al. 2022b). On the 2-D mixture of tests/test_unipc.py, UniC-3 helps from 20 steps but not at
-    10 (UniC-1, -2 do).
+    evaluations. ``corrector=False`` leaves UniP alone. The defaults (UniPC-3, bh2, data
+    prediction, on dpm_solver's default grid) are the best measured at 20 NFE (``python
+    bench/grid_families.py``, docs/benchmarks.md): on the optimized grid data and noise
+    prediction tie there (within modes 1.09x the noise floor, geometric mean over 4 targets
+    under VPSDE), and data prediction is far better at 5 NFE (8.0x against 210x) and the safer
+    choice under strong guidance (Lu et al. 2022b). On the 2-D mixture of tests/test_unipc.py,
+    UniC-3 helps from 20 steps but not at 10 (UniC-1, -2 do).
     """
     del rng  # deterministic
     check_options(order, prediction, variant, corrector)
