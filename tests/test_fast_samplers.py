@@ -401,3 +401,27 @@ def test_clear_errors_for_bad_options():
             sampling.sample(rng, sde, score_fn, (2, 2), method=method, **options)
     with pytest.raises(ValueError, match="SubVPSDE has no discrete chain"):
         sampling.sample(rng, sde_lib.SubVPSDE(), score_fn, (2, 2), method="ddim", discrete=True)
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [("dpm_solver", dict(order=2)), ("dpm_solver", dict(order=3)), ("unipc", dict(order=3))],
+)
+def test_the_multistep_solvers_differentiate_in_their_grid(method, options):
+    """d x(eps) / d ts is finite and is the finite difference (what fitting a grid needs): the
+    warm-up steps' unused weights once divided by a zero step ratio, and 0 x inf made it NaN."""
+    sde = sde_lib.VPSDE()
+    score_fn = mixture().score_fn(sde)
+    x_T = sde.prior_sampling(jax.random.PRNGKey(0), (16, 2))
+    ts = grids.time_grid(sde, 7, "logsnr")
+
+    def loss(interior):
+        grid = ts.at[1:-1].set(interior)
+        x, _ = sampling.solve(None, sde, score_fn, x_T, grid, method=method, **options)
+        return jnp.sum(x**2)
+
+    grad = jax.grad(loss)(ts[1:-1])
+    assert bool(jnp.all(jnp.isfinite(grad))), grad
+    delta = 1e-6 * jnp.eye(ts.shape[0] - 2)
+    numeric = [(loss(ts[1:-1] + d) - loss(ts[1:-1] - d)) / 2e-6 for d in delta]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-6)

@@ -112,6 +112,18 @@ def multistep_weights(sde, prediction, lams, s, t, order):
     return a, c, (phi1 + d1_0, -d1_0 - d1_1, d1_1)
 
 
+def history_lambdas(lams: Array, order: int) -> list[Array]:
+    """For each step i of a grid with lambdas ``lams``, the lambdas of the last ``order`` model
+    outputs, newest first: [lam_i, lam_{i-1}, ...]. Before the grid's start (warm-up steps,
+    whose lower order leaves those weights unused) the lambdas continue at the first step's
+    spacing, so that the unused weights stay finite and their gradients are not NaN."""
+    i = np.arange(lams.shape[0] - 1)
+    return [
+        jnp.where(i >= j, lams[np.maximum(i - j, 0)], lams[0] - (j - i) * (lams[1] - lams[0]))
+        for j in range(order)
+    ]
+
+
 def step_orders(n_steps: int, order: int, stepping: str, lower_order_final: bool) -> np.ndarray:
     """The order of each step: multistep warms up with orders 1, 2, ...; with
     ``lower_order_final`` the last steps drop to min(order, steps left)."""
@@ -190,9 +202,7 @@ def _multistep(sde, model, prediction, x, ts, orders, order, save_at, traj):
     """Multistep steps with each step's (A, c, w) computed for the whole grid up front (the
     loop body is the model call and one fused update); warm-up and final steps of lower
     order get zero weights for the outputs they do not use. Returns (x, trajectory)."""
-    n = len(orders)
-    lams = sde.half_log_snr(ts)
-    window = [lams[np.maximum(np.arange(n) - j, 0)] for j in range(order)]  # lam of m_j
+    window = history_lambdas(sde.half_log_snr(ts), order)  # lam of m_j
     a, c, w = multistep_weights(sde, prediction, window, ts[:-1], ts[1:], 1)
     w = list(w) + [jnp.zeros_like(a)] * (order - 1)
     for k in range(2, order + 1):

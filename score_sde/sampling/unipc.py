@@ -119,8 +119,7 @@ def integrate(
     check_options(order, prediction, variant, corrector)
     n = ts.shape[0] - 1
     orders = dpm_solver.step_orders(n, order, "multistep", lower_order_final)
-    lams = sde.half_log_snr(ts)
-    window = [lams[np.maximum(np.arange(n) - j, 0)] for j in range(order)]  # lam of m_j
+    window = dpm_solver.history_lambdas(sde.half_log_snr(ts), order)  # lam of m_j
     step_weights = functools.partial(weights, sde, prediction, variant, window, ts[:-1], ts[1:])
     a, c, w_p = _grid_weights(lambda k: step_weights(k, False), orders, order)
     _, _, w_c = _grid_weights(lambda k: _newest_first(step_weights(k, True)), orders, order + 1)
