@@ -9,7 +9,8 @@ from score_sde import sampling
 from score_sde.sampling import grids
 from score_sde.sde import SDE, batch_mul
 
-# The solvers SDEdit and inversion run, each on the spacing of its own sampler by default.
+# The solvers SDEdit and inversion run, and each one's default spacing over a partial span
+# (the samplers' measured defaults, e.g. dpm_solver's optimized grid, are for T -> eps).
 SOLVER_GRIDS = {"ddim": "uniform", "dpm_solver": "logsnr", "heun": "edm"}
 
 

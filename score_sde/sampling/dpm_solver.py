@@ -146,7 +146,9 @@ def grid(sde: SDE, *, n_steps: int = 20, time_grid: str | None = None, eps=None)
     """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time). The default,
     ``grid_tables.default_kind``, is the optimized grid under VP, VP-cosine and sub-VP and the
     logsnr grid otherwise: the best measured at 20 NFE (``python bench/grid_families.py``)."""
-    kind = time_grid or grid_tables.default_kind("dpm_solver", sde.grid_family)
+    kind = (
+        grid_tables.default_kind("dpm_solver", sde.grid_family) if time_grid is None else time_grid
+    )
     return grids.time_grid(sde, n_steps, kind, t_end=eps, solver="dpm_solver")
 
 
