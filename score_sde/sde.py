@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from score_sde import checks
+from score_sde import checks, pytree
 from score_sde import rng as rng_lib
 from score_sde.schedules import Chain, CosineSchedule, LinearSchedule
 
@@ -56,12 +56,6 @@ def _check_range(sde: SDE, lo: str, hi: str) -> None:
         )
     if not (isinstance(sde.N, int) and sde.N >= 1):
         raise ValueError(f"{type(sde).__name__}: N={sde.N!r}; the discrete chain needs N >= 1.")
-
-
-def _pytree(cls, data, meta):
-    """A frozen dataclass registered as a pytree: ``data`` fields are leaves, ``meta`` static."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
 
 
 class SDE(abc.ABC):
@@ -277,7 +271,7 @@ class _BetaSchedule(SDE):
         return 1.0 - self.discrete_betas()[self.step_index(t)]
 
 
-@functools.partial(_pytree, data=["beta_min", "beta_max"], meta=["N", "schedule"])
+@functools.partial(pytree.frozen, data=["beta_min", "beta_max"], meta=["N", "schedule"])
 class VPSDE(_BetaSchedule):
     """Variance preserving: dx = -½ beta(t) x dt + sqrt(beta(t)) dW; its chain is DDPM."""
 
@@ -316,7 +310,7 @@ class VPSDE(_BetaSchedule):
         return mean + batch_mul(jnp.sqrt(beta), z), mean
 
 
-@functools.partial(_pytree, data=["beta_min", "beta_max"], meta=["N", "schedule"])
+@functools.partial(pytree.frozen, data=["beta_min", "beta_max"], meta=["N", "schedule"])
 class SubVPSDE(_BetaSchedule):
     """sub-VP: dx = -½ beta x dt + sqrt(beta (1 - e^{4m})) dW, with m = log alpha(t) (Song et al.
     2021, Eq. 29: the discount is 1 - exp(-2 ∫ beta)); its chain is Euler–Maruyama."""
@@ -333,7 +327,7 @@ class SubVPSDE(_BetaSchedule):
         return self.t_from_log_mean_coeff(jnp.log(2 * e / (1 + jnp.sqrt(1 + 4 * e**2))))
 
 
-@functools.partial(_pytree, data=["sigma_min", "sigma_max"], meta=["N"])
+@functools.partial(pytree.frozen, data=["sigma_min", "sigma_max"], meta=["N"])
 class VESDE(SDE):
     """Variance exploding: dx = sigma(t) sqrt(2 ln(sigma_max/sigma_min)) dW; its chain is SMLD."""
 
