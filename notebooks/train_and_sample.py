@@ -212,11 +212,13 @@ plt.tight_layout()
 # Checks on the samples: their shape, finite values, and pixels in (or near) [0, 1]. An
 # ε-model's estimate of x0 divides by alpha(t) (1/150 at t = T), so a sampler whose score is off
 # shoots far outside: the untrained model's samples, with the same sampler and noise, are the
-# reference. The QUICK model (100 steps, no attention) is far from a good one: only a quarter of
-# its pixels land in range (measured 0.25, against 0.00 untrained); a model trained with the real
-# config should put almost all of them there (the bound below asks for 80%).
+# reference. The QUICK model (100 steps, no attention) is far from a good one: DPM-Solver++(2M)
+# at 10 steps puts 14% of its pixels in range on its default grid (the optimized one; 25% on the
+# logSNR grid; 0.8% untrained), so the QUICK bound is 10%; a model trained with the real config
+# should put almost all of them there (the bound below asks for 80%).
 #
-# Measured at the real settings (1,500 steps, 2026-12-03): 0.94 to 0.99 of the pixels in range
+# Measured at the real settings (1,500 steps, 2026-12-03, before dpm_solver's default grid
+# became the optimized one and unipc's prediction data): 0.94 to 0.99 of the pixels in range
 # for every method at 50 NFE (0.008 untrained). The deterministic samplers (ddim, DPM-Solver++,
 # UniPC, Heun, the adaptive ODE) draw the same digits from the same noise, and a few of them are
 # speckled at every budget, the adaptive ODE's 746 evaluations included: the model, not the
@@ -234,7 +236,7 @@ best = ("dpm_solver++ 2M", BUDGETS[-1])
 x0, _ = sampling.sample(jax.random.key(0), exp.sde, untrained, shape, **methods(best[1])[best[0]])
 reference = inside(np.asarray(exp.inverse_scaler(x0)))
 print(f"untrained model, {best[0]}: {reference:.3f}")
-assert inside(images[best]) > max(0.15 if QUICK else 0.8, 5 * reference)
+assert inside(images[best]) > max(0.1 if QUICK else 0.8, 5 * reference)
 
 # %% [markdown]
 # ## EMA against raw parameters
