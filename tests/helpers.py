@@ -11,9 +11,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from score_sde import analytic
 from score_sde.evaluation import weights as weights_lib
 from score_sde.jobs.validation import from_config_dict
 
@@ -179,3 +181,16 @@ def load_bench(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def sharp_modes(spacing: float) -> analytic.GaussianMixture:
+    """9 equal modes on a 3x3 grid ``spacing`` apart, of std spacing / 30."""
+    grid = np.stack(np.meshgrid(np.arange(3.0), np.arange(3.0)), -1).reshape(-1, 2) - 1.0
+    return analytic.GaussianMixture.isotropic(np.ones(9), spacing * grid, spacing / 30)
+
+
+def within_mode_variance(sharp: analytic.GaussianMixture, x) -> tuple[float, np.ndarray]:
+    """(mean |x - nearest mode mean|² over its exact value 2 s², each sample's nearest mode)."""
+    d2 = jnp.sum((x[:, None] - sharp.means[None]) ** 2, axis=-1)
+    var = float(sharp.covs[0, 0, 0])
+    return float(jnp.mean(jnp.min(d2, axis=1))) / (2 * var), np.asarray(jnp.argmin(d2, axis=1))

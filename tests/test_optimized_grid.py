@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import sharp_modes, within_mode_variance
 
 from score_sde import analytic, sampling
 from score_sde import sde as sde_lib
@@ -152,13 +153,6 @@ def test_the_default_grid_is_optimized_where_measured_better_and_logsnr_elsewher
     assert nfe == 21 and bool(jnp.all(jnp.isfinite(x)))
 
 
-def sharp_mixture():
-    """9 equal modes on a 3x3 grid of spacing 1, std 1/30 (bench/targets.py's 2d-sharp)."""
-    axis = np.arange(-1.0, 2.0)
-    means = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
-    return analytic.GaussianMixture.isotropic(np.ones(9), means, 1 / 30)
-
-
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("sde", SDES[:3], ids=FAMILIES[:3])
 def test_unipc_at_its_defaults_keeps_sharp_modes_their_width_at_20_nfe(sde):
@@ -168,7 +162,7 @@ def test_unipc_at_its_defaults_keeps_sharp_modes_their_width_at_20_nfe(sde):
     The former defaults (noise prediction, logsnr grid) widen the modes: 1.23-1.69. At 5 NFE
     noise prediction on the optimized grid throws samples far off the modes (3,100-44,000)
     where data prediction stays near them (3.6-8.1)."""
-    mix = sharp_mixture()
+    mix = sharp_modes(1.0)
 
     def ratio(n_steps, **options):
         x, nfe = sampling.sample(
@@ -176,8 +170,7 @@ def test_unipc_at_its_defaults_keeps_sharp_modes_their_width_at_20_nfe(sde):
             **options,
         )  # fmt: skip
         assert nfe == n_steps + 1
-        d2 = jnp.min(jnp.sum((x[:, None] - mix.means[None]) ** 2, axis=-1), axis=1)
-        return float(jnp.mean(d2)) / (2 / 30**2)
+        return within_mode_variance(mix, x)[0]
 
     at_20 = ratio(19), ratio(19, prediction="noise", time_grid="logsnr")
     assert abs(at_20[0] - 1) < 0.07 and at_20[1] > 1.15, at_20

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import sharp_modes, within_mode_variance
 from jax.tree_util import Partial
 
 from score_sde import analytic, metrics, parameterization, sampling
@@ -177,19 +178,6 @@ def test_corrector_leaves_the_marginal_invariant(corrector):
         return jax.lax.fori_loop(0, 50, body, x)
 
     check_modes(moves(p_t.sample(jax.random.PRNGKey(3), N)), p_t)
-
-
-def sharp_modes(spacing: float) -> analytic.GaussianMixture:
-    """9 equal modes on a 3x3 grid ``spacing`` apart, of std spacing / 30."""
-    grid = np.stack(np.meshgrid(np.arange(3.0), np.arange(3.0)), -1).reshape(-1, 2) - 1.0
-    return analytic.GaussianMixture.isotropic(np.ones(9), spacing * grid, spacing / 30)
-
-
-def within_mode_variance(sharp: analytic.GaussianMixture, x) -> tuple[float, np.ndarray]:
-    """(mean |x - nearest mode mean|² over its exact value 2 s², each sample's nearest mode)."""
-    d2 = jnp.sum((x[:, None] - sharp.means[None]) ** 2, axis=-1)
-    var = float(sharp.covs[0, 0, 0])
-    return float(jnp.mean(jnp.min(d2, axis=1))) / (2 * var), np.asarray(jnp.argmin(d2, axis=1))
 
 
 def test_default_pc_gets_better_with_more_steps_on_a_sharp_mixture():
