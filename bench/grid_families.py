@@ -43,7 +43,6 @@ SAMPLES, SEEDS = 2000, 3
 
 def run(family: str, target_names, budgets) -> list[tuple]:
     """(family, target, NFE, label, {grid: (SW / floor, within / floor)}) per run."""
-    bench.SDE = FAMILIES[family]  # bench.sampler's SDE
     rows = []
     for name in target_names:
         target = bench.Target.build(name, bench.targets_lib.mixtures()[name], SAMPLES)
@@ -52,7 +51,7 @@ def run(family: str, target_names, budgets) -> list[tuple]:
                 scores = {}
                 for kind in GRIDS:
                     run_options = dict(options, n_steps=budget - 1, time_grid=kind)
-                    sample = bench.sampler(target, SAMPLES, method, run_options)
+                    sample = bench.sampler(target, SAMPLES, method, run_options, FAMILIES[family])
                     r = bench.evaluate(target, sample, SEEDS, label)
                     scores[kind] = (r.sw_ratio, r.within)
                 rows.append((family, name, budget, label, scores))
@@ -95,7 +94,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20])
-    names = ["2d", "16d", "2d-sharp", "64d-aniso"]
+    names = list(bench.FULL["targets"])
     parser.add_argument("--targets", nargs="+", default=names, choices=names)
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {SAMPLES}, {SEEDS} seeds")

@@ -156,12 +156,12 @@ def evaluate(target: Target, sample, seeds: int, label: str) -> Row:
     return Row(target.name, "ours", label, int(nfe), ratio, within, tv, ms)
 
 
-def sampler(target: Target, n: int, method: str, options: dict):
-    """``key -> (samples, nfe)`` of ``method`` on ``target`` with its exact score."""
-    score_fn = Partial(target.mixture.score_fn(SDE))
+def sampler(target: Target, n: int, method: str, options: dict, sde=SDE):
+    """``key -> (samples, nfe)`` of ``method`` on ``target`` with its exact score under ``sde``."""
+    score_fn = Partial(target.mixture.score_fn(sde))
     shape = (n, target.mixture.dim)
     return functools.partial(
-        sampling.sample, sde=SDE, score_fn=score_fn, shape=shape, method=method, **options
+        sampling.sample, sde=sde, score_fn=score_fn, shape=shape, method=method, **options
     )
 
 
