@@ -35,7 +35,7 @@ import samplers  # noqa: E402
 
 targets_lib = samplers.targets_lib
 Row, Target = samplers.Row, samplers.Target
-odd_nfe, next_nfe, singlestep_nfe = samplers._odd, samplers._next, samplers._singlestep
+odd_nfe, ode_nfe, singlestep_nfe = samplers._odd, samplers._ode, samplers._singlestep
 
 BUDGET = 20
 TARGETS = ("2d", "16d", "2d-sharp", "64d-aniso")
@@ -107,7 +107,7 @@ def nfe_rule(method: str, options: dict) -> Callable[[int], int]:
         return singlestep_nfe(options.get("order", 2))
     if method in ("euler_maruyama", "ancestral"):
         return int  # n grid points: n - 1 steps, then the denoising step
-    return odd_nfe if method == "heun" else next_nfe  # heun: 2 per step, a last Euler one
+    return odd_nfe if method == "heun" else ode_nfe  # heun: 2 per step, a last Euler one
 
 
 def steps_at_most(budget: int, nfe: Callable[[int], int]) -> int:

@@ -54,12 +54,22 @@ BUDGETS = (5, 8, 10, 15, 20, 50, 100)
 Target = targets_lib.Target
 
 
+def _denoised(n: int) -> int:
+    """1 for the denoising step that ddim, dpm_solver and unipc take after more than
+    ``sampling.FEW_STEPS`` steps (at their default ``denoise=None``), else 0."""
+    return int(n > sampling.FEW_STEPS)
+
+
 def _singlestep(order: int):
-    return lambda n: int(dpm_solver.step_orders(n, order, "singlestep", True).sum()) + 1
+    return lambda n: int(dpm_solver.step_orders(n, order, "singlestep", True).sum()) + _denoised(n)
 
 
 def _odd(n: int) -> int:
     return 2 * n - 1
+
+
+def _ode(n: int) -> int:
+    return n + _denoised(n)
 
 
 def _next(n: int) -> int:
@@ -67,34 +77,37 @@ def _next(n: int) -> int:
 
 
 # (label, method, options, NFE at n_steps = n). sample() ends a grid that stops at eps with a
-# denoising step (one NFE): pc's, euler_maruyama's and ancestral's n points take n - 1 steps;
-# heun's grid ends at the data, without it.
+# denoising step (one NFE): always for pc, euler_maruyama and ancestral, whose n points take
+# n - 1 steps; for ddim, dpm_solver and unipc after more than 15 steps (``_ode``); heun's grid
+# ends at the data, without it.
 LADDER = [
     ("euler_maruyama", "euler_maruyama", {}, int),
     ("ancestral", "ancestral", {}, int),
     ("pc rd+ald r=.16", "pc", dict(corrector="ald"), _odd),  # predictor + corrector per step
     ("pc rd+langevin r=.16", "pc", dict(corrector="langevin"), _odd),
-    ("ddim", "ddim", {}, _next),  # on the logSNR grid, its default
-    ("ddim, uniform t", "ddim", dict(time_grid="uniform"), _next),
-    ("dpm++ 2M", "dpm_solver", {}, _next),  # on the optimized grid under VPSDE, its default
-    ("dpm++ 2M logsnr", "dpm_solver", dict(time_grid="logsnr"), _next),
-    ("dpm++ 3M", "dpm_solver", dict(order=3), _next),
+    ("ddim", "ddim", {}, _ode),  # on the logSNR grid, its default
+    ("ddim, uniform t", "ddim", dict(time_grid="uniform"), _ode),
+    ("dpm++ 2M", "dpm_solver", {}, _ode),  # on the optimized grid under VPSDE, its default
+    ("dpm++ 2M logsnr", "dpm_solver", dict(time_grid="logsnr"), _ode),
+    ("dpm++ 2M denoise", "dpm_solver", dict(denoise=True), _next),  # the denoising step always
+    ("dpm++ 3M", "dpm_solver", dict(order=3), _ode),
     ("dpm++ 2S", "dpm_solver", dict(stepping="singlestep"), _singlestep(2)),
     ("dpm++ 3S", "dpm_solver", dict(order=3, stepping="singlestep"), _singlestep(3)),
     ("heun", "heun", {}, _odd),  # logSNR grid, then a last Euler step to t = 0
     ("heun, edm rho=7", "heun", dict(time_grid="edm"), _odd),
     ("heun, uniform t", "heun", dict(time_grid="uniform"), _odd),
-    ("unipc-2 bh2", "unipc", dict(order=2), _next),  # data prediction, dpm_solver's grid
-    ("unipc-3 bh2", "unipc", {}, _next),
-    ("unipc-3 bh2 logsnr", "unipc", dict(time_grid="logsnr"), _next),
-    ("unipc-3 bh2 noise logsnr", "unipc", dict(prediction="noise", time_grid="logsnr"), _next),
+    ("unipc-2 bh2", "unipc", dict(order=2), _ode),  # data prediction, dpm_solver's grid
+    ("unipc-3 bh2", "unipc", {}, _ode),
+    ("unipc-3 bh2 logsnr", "unipc", dict(time_grid="logsnr"), _ode),
+    ("unipc-3 bh2 denoise", "unipc", dict(denoise=True), _next),
+    ("unipc-3 bh2 noise logsnr", "unipc", dict(prediction="noise", time_grid="logsnr"), _ode),
 ]
 DEFAULTS = [  # the issue's cases (run on 2d-sharp at 19, 49 and 99 NFE)
     ("pc (defaults: ald)", "pc", {}, _odd),
     ("pc langevin", "pc", dict(corrector="langevin"), _odd),
-    ("dpm_solver (defaults)", "dpm_solver", {}, _next),
+    ("dpm_solver (defaults)", "dpm_solver", {}, _ode),
     ("dpm_solver denoise=False", "dpm_solver", dict(denoise=False), int),
-    ("dpm_solver eps=1e-3", "dpm_solver", dict(eps=1e-3), _next),
+    ("dpm_solver eps=1e-3", "dpm_solver", dict(eps=1e-3), _ode),
     ("dpm_solver eps=1e-3 denoise=False", "dpm_solver", dict(eps=1e-3, denoise=False), int),
 ]
 

@@ -167,7 +167,8 @@ print(f"checkpoint {ema.step}: {exp.param_count:,} parameters, {type(exp.sde).__
 # `sampling.sample(rng, sde, score_fn, shape, method=..., **options)` returns `(samples, nfe)`,
 # in the model's data space ([-1, 1] here, `data.centered`); `exp.inverse_scaler` maps them back
 # to [0, 1]. Methods with two evaluations per step (pc with its corrector, Heun) get half the
-# steps; most add one evaluation for the final denoising step. The score functions are `Partial`s
+# steps; the SDE samplers add one evaluation for the final denoising step, ddim, DPM-Solver and
+# UniPC only after more than 15 steps (`sampling.FEW_STEPS`). The score functions are `Partial`s
 # over the parameters, so EMA and raw parameters share one compiled sampler.
 
 
@@ -214,8 +215,9 @@ plt.tight_layout()
 # shoots far outside: the untrained model's samples, with the same sampler and noise, are the
 # reference. The QUICK model (100 steps, no attention) is far from a good one: DPM-Solver++(2M)
 # at 10 steps puts 14% of its pixels in range on its default grid (the optimized one; 25% on the
-# logSNR grid; 0.8% untrained), so the QUICK bound is 10%; a model trained with the real config
-# should put almost all of them there (the bound below asks for 80%).
+# logSNR grid; 0.8% untrained), with or without the denoising step, so the QUICK bound is 10%; a
+# model trained with the real config should put almost all of them there (the bound below asks
+# for 80%).
 #
 # Measured at the real settings (1,500 steps, 2026-12-03, before dpm_solver's default grid
 # became the optimized one and unipc's prediction data): 0.94 to 0.99 of the pixels in range

@@ -57,12 +57,13 @@ def test_budgets_take_the_nearest_nfe_the_fewer_on_a_tie():
     odd = lambda n: 2 * n - 1  # noqa: E731
     assert samplers.steps_for(10, odd) == 5  # 9 and 11 tie: 9
     assert samplers.steps_for(5, odd) == 3
-    three_s = samplers._singlestep(3)  # NFE 4, 7, 10, ... (last steps of lower order, denoise)
-    assert samplers.steps_for(5, three_s) == 2 and three_s(2) == 4  # 4 and 7: 4
-    assert samplers.steps_for(10, three_s) == 4 and three_s(4) == 10
+    three_s = samplers._singlestep(3)  # NFE 3, 6, 9, ... (last steps of lower order)
+    assert samplers.steps_for(5, three_s) == 3 and three_s(3) == 6  # 3 and 6: 6
+    assert samplers.steps_for(10, three_s) == 4 and three_s(4) == 9
+    assert (three_s(15), three_s(16)) == (42, 46)  # 3 x 16 - 3, + 1 to denoise after 15 steps
 
 
-@pytest.mark.parametrize("budget", [5, 8])
+@pytest.mark.parametrize("budget", [5, 8, 20])  # 20: the ODE solvers' denoising step
 @pytest.mark.parametrize("ladder", ["LADDER", "DEFAULTS"])
 def test_the_ladders_know_each_methods_nfe(ladder, budget):
     sde, score_fn = sde_lib.VPSDE(), jax.tree_util.Partial(lambda x, t: -x)

@@ -508,7 +508,7 @@ def test_sampling_kwargs_pass_fields_and_options():
     cfg = _digits(**{"sampling.method": "ode", "sampling.eps": 1e-4})
     cfg.sampling.options = {"rtol": 1e-3}
     kwargs = config_lib.sampling_kwargs(from_config_dict(cfg, device_count=1))
-    assert kwargs == {"rtol": 1e-3, "eps": 1e-4, "denoise": True, "threshold_percentile": 0.995}
+    assert kwargs == {"rtol": 1e-3, "eps": 1e-4, "threshold_percentile": 0.995}
     cfg.sampling.thresholding = "dynamic"
     kwargs = config_lib.sampling_kwargs(from_config_dict(cfg, device_count=1))
     assert (kwargs["thresholding"], kwargs["threshold_percentile"]) == ("dynamic", 0.995)

@@ -262,11 +262,11 @@ def mixture():
     )
 
 
-METHODS = [  # (method, options, nfe): the steps' evaluations, + 1 to denoise (not heun)
+METHODS = [  # (method, options, nfe): the steps' evaluations, + 1 to denoise after 15 steps
     ("ddim", dict(n_steps=20), 21),
     ("ddim", dict(n_steps=20, eta=1.0), 21),
-    ("dpm_solver", dict(n_steps=10), 11),
-    ("dpm_solver", dict(n_steps=5, order=3, stepping="singlestep", prediction="noise"), 13),
+    ("dpm_solver", dict(n_steps=10), 10),
+    ("dpm_solver", dict(n_steps=5, order=3, stepping="singlestep", prediction="noise"), 12),
     ("heun", dict(n_steps=10), 19),
     ("heun", dict(n_steps=10, time_grid="uniform"), 19),
     ("dpm_solver_adaptive", dict(rtol=0.05, atol=0.01), None),

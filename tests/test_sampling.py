@@ -235,8 +235,9 @@ def test_every_method_at_100_plus_nfe_is_within_the_noise_band_on_sharp_modes(me
 
 def test_vp_ends_at_1e_3_up_to_15_steps_and_at_1e_4_beyond():
     """VP's default end time (Lu et al. 2022): at 9 steps on the logSNR grid the shorter span
-    wins on the sharp modes (within-mode variance ratio 0.96 at 1e-3, 1.38 at 1e-4); other SDEs
-    keep sampling_eps (VE's sigma_min is noise no end time removes)."""
+    wins on the sharp modes, with the denoising step (within-mode variance ratio 0.96 at 1e-3,
+    1.38 at 1e-4) and without it, the default at 9 steps (1.17 and 1.43); other SDEs keep
+    sampling_eps (VE's sigma_min is noise no end time removes)."""
     sde = SDES["vp"]
     ends = [
         float(sampling.METHODS[m].grid(sde, n_steps=n)[-1])
@@ -248,28 +249,26 @@ def test_vp_ends_at_1e_3_up_to_15_steps_and_at_1e_4_beyond():
     for other in ("subvp", "ve"):
         assert SDES[other].end_time(100) == SDES[other].sampling_eps
     n, sharp = 4000, sharp_modes(1.0)
-    score, ratio = Partial(mixture_score, sharp, sde), []
-    for eps in (None, 1e-4):
-        x, _ = sampling.sample(
-            jax.random.PRNGKey(0),
-            sde,
-            score,
-            (n, 2),
-            "dpm_solver",
-            n_steps=9,
-            eps=eps,
-            time_grid="logsnr",
-        )
-        ratio.append(within_mode_variance(sharp, x)[0])
-    assert abs(ratio[0] - 1) < 0.1 < abs(ratio[1] - 1), ratio
+    score, ratio = Partial(mixture_score, sharp, sde), {}
+    for denoise in (True, None):
+        for eps in (None, 1e-4):
+            x, _ = sampling.sample(
+                jax.random.PRNGKey(0), sde, score, (n, 2), "dpm_solver", n_steps=9, eps=eps,
+                time_grid="logsnr", denoise=denoise,
+            )  # fmt: skip
+            ratio[denoise, eps] = abs(within_mode_variance(sharp, x)[0] - 1)
+    assert ratio[True, None] < 0.1 < ratio[True, 1e-4], ratio
+    assert ratio[None, None] < 0.5 * ratio[None, 1e-4], ratio
 
 
 # --- number of score evaluations, and the final denoising step ------------------------------
-def test_denoise_is_true_or_false():
-    """A truthy non-bool would compile a second sampler and hide a typo: refused."""
+def test_denoise_is_true_false_or_none():
+    """A truthy non-bool would compile a second sampler and hide a typo: refused. (None, the
+    default, is the method's choice: tests/test_final_step.py.)"""
     sde = SDES["vp"]
-    for bad in (1, "yes", None):
-        with pytest.raises(TypeError, match=re.escape(f"denoise={bad!r}: use True or False")):
+    for bad in (1, "yes", 0.0):
+        message = f"denoise={bad!r}: use True, False or None"
+        with pytest.raises(TypeError, match=re.escape(message)):
             sampling.sample(jax.random.PRNGKey(0), sde, score_fn(sde), (2, 2), "pc", denoise=bad)
 
 
@@ -336,7 +335,7 @@ ONE_OF_EACH = {  # method -> options that make each loop take its non-default pa
     "pc": dict(n_steps=6, corrector="ald"),
     "ancestral": dict(n_steps=6),
     "ode": dict(rtol=1e-4, atol=1e-4),
-    "ddim": dict(n_steps=5, eta=0.5),
+    "ddim": dict(n_steps=16, eta=0.5),  # more than FEW_STEPS: denoised by default
     "dpm_solver": dict(n_steps=5, order=3, stepping="singlestep"),
     "dpm_solver_adaptive": dict(order=2),
     "heun": dict(n_steps=4, S_churn=2.0),
@@ -360,8 +359,10 @@ def test_sample_is_the_solver_from_the_prior_on_the_method_grid(method):
     want, want_nfe = sampling.solve(
         solve_key, sde, score_fn(sde), x_T, grid, method=method, **solver_options
     )
-    denoised = options.get("denoise", True) and not m.ends_at_data(grid_options)
-    assert denoised == (method not in ("heun", "euler_maruyama"))  # heun's grid ends at 0
+    by_default = len(grid) - 1 > m.denoise_after
+    denoised = options.get("denoise", by_default) and not m.ends_at_data(grid_options)
+    # heun's grid ends at 0; dpm_solver and unipc take 5 steps, fewer than FEW_STEPS
+    assert denoised == (method not in ("heun", "euler_maruyama", "dpm_solver", "unipc"))
     if denoised:
         want = parameterization.denoise_at(sde, score_fn(sde), want, grid[-1])
         want_nfe = want_nfe + 1

@@ -86,7 +86,8 @@ class SamplingConfig:
     corrector: str = "none"  # pc: the corrector
     snr: float = 0.16  # pc: the corrector's signal-to-noise ratio (its step size)
     n_corrector_steps: int = 1  # corrector steps per predictor step (Song's n_steps_each)
-    denoise: bool = True  # final Tweedie denoising step (Song's noise_removal)
+    denoise: bool | None = None  # final Tweedie denoising step (Song's noise_removal); None:
+    # the method's choice (ddim, dpm_solver, unipc: after more than 15 steps; the others: always)
     probability_flow: bool = False  # pc: predict along the probability-flow ODE, not the SDE
     n_steps: int | None = None  # steps of the time grid; None: the method's default (pc: sde.N)
     eps: float | None = None  # end time; None: the SDE's default, sde.end_time(n_steps)

@@ -12,8 +12,12 @@ at the end time eps > 0 leaves noise of std sigma(eps) (about sqrt(beta_min eps)
 inflates narrow modes, so the samples are E[x_0 | x_eps] (Tweedie), one more evaluation. Grids
 that end at the data (``heun``'s, ``ddim``'s with ``discrete=True``) need none. The denoised
 sample is narrower than the data by sigma(eps)² per mode, so the ODE solvers' default end time
-is ``sde.end_time(n_steps)`` (VP: 1e-3 up to 15 steps, 1e-4 beyond). ``solve`` returns x at
-the caller's ts[-1].
+is ``sde.end_time(n_steps)`` (VP: 1e-3 up to 15 steps, 1e-4 beyond). ``denoise=None``, the
+default, is each method's choice (``Method.denoise_after``): the fixed-step ODE solvers (ddim,
+dpm_solver, unipc) take the step only after more than ``FEW_STEPS`` steps, since on a grid of
+up to 15 steps that evaluation does more as one more step (DPM-Solver's reference code, too,
+defaults to ``denoise_to_zero=False``); the others, and every method with ``thresholding``,
+always take it. ``solve`` returns x at the caller's ts[-1].
 
 ``score_fn`` may be a ``jax.tree_util.Partial`` over model parameters: new parameters then reuse
 the compiled sampler. Any other callable is treated as static (a new one recompiles).
@@ -59,6 +63,13 @@ class Method:
     grid_options: tuple[str, ...]
     options: tuple[str, ...]
     ends_at_data: Callable[[dict], bool] = lambda grid_options: False
+    denoise_after: int = 0  # denoise=None denoises a grid of more steps than this
+
+
+# Up to this many steps, a fixed-step ODE solver spends its last evaluation on one more step
+# rather than on the denoising step: better at 5 and 10 NFE under every SDE family, a tie at
+# 20 (bench/final_step.py, docs/benchmarks.md).
+FEW_STEPS = 15
 
 
 def _discrete_chain(grid_options: dict) -> bool:
@@ -82,12 +93,14 @@ METHODS = {
         ("n_steps", "time_grid", "eps", "discrete"),
         ("eta", "discrete"),
         ends_at_data=_discrete_chain,
+        denoise_after=FEW_STEPS,
     ),
     "dpm_solver": Method(
         dpm_solver.integrate,
         dpm_solver.grid,
         ("n_steps", "time_grid", "eps"),
         ("order", "stepping", "prediction", "lower_order_final"),
+        denoise_after=FEW_STEPS,
     ),
     "dpm_solver_adaptive": Method(
         dpm_solver_adaptive.integrate,
@@ -100,6 +113,7 @@ METHODS = {
         unipc.grid,
         ("n_steps", "time_grid", "eps"),
         ("order", "prediction", "variant", "corrector", "lower_order_final"),
+        denoise_after=FEW_STEPS,
     ),
     "heun": Method(
         edm.integrate,
@@ -151,9 +165,11 @@ def _split(method: str, sde, options: dict) -> tuple[tuple, tuple, bool]:
     m = _method(method)
     _static(method, options, method_options(method))
     checks.options(options, sde.T)
-    denoise = options.get("denoise", True)
-    if not isinstance(denoise, bool):
-        raise TypeError(f"denoise={denoise!r}: use True or False.")
+    denoise = options.get("denoise")
+    if denoise is not None and not isinstance(denoise, bool):
+        raise TypeError(f"denoise={denoise!r}: use True, False or None (the method's choice).")
+    if denoise is None and options.get("thresholding") is not None:
+        denoise = True  # the thresholded x0 is what lies in [-1, 1]
     grid = {k: v for k, v in options.items() if k in m.grid_options}
     solver = {k: v for k, v in options.items() if k in m.options}
     return tuple(sorted(grid.items())), tuple(sorted(solver.items())), denoise
@@ -217,6 +233,8 @@ def _run(rng, sde, score_fn, *, method, shape, grid, options, save_at, denoise):
     x = sde.prior_sampling(prior_key, shape)
     checks.score_output(score_fn, x)  # at trace time: once per compilation
     x, nfe, traj = m.integrate(solve_key, sde, score_fn, x, ts, save_at=save_at, **dict(options))
+    if denoise is None:
+        denoise = ts.shape[0] - 1 > m.denoise_after
     if denoise and not m.ends_at_data(dict(grid)):
         x, nfe = parameterization.denoise_at(sde, score_fn, x, ts[-1]), nfe + 1
     return x, nfe, traj
@@ -227,8 +245,10 @@ def sample(rng, sde, score_fn, shape, method: str = "pc", *, on_nonfinite: str =
 
     Sample i depends only on (rng, i): a batch of 8 reproduces the first 8 of a batch of 64.
     ``shape`` is (batch, *data dims), all >= 1; ``on_nonfinite`` ("warn", "raise", "ignore")
-    reports samples that are NaN or inf; ``denoise`` (default True) ends a grid that stops at
-    eps with E[x_0 | x_eps], one more evaluation (see the module docstring).
+    reports samples that are NaN or inf; ``denoise`` True ends a grid that stops at eps with
+    E[x_0 | x_eps], one more evaluation, and None (the default) leaves it to the method: ddim,
+    dpm_solver and unipc denoise after more than ``FEW_STEPS`` steps, the others, and all with
+    ``thresholding``, always (see the module docstring).
 
     ``thresholding`` (default None: off) thresholds the model's x0 prediction at every score
     evaluation, for every method (Imagen, Saharia et al. 2022), on data scaled to [-1, 1]:
