@@ -2,7 +2,8 @@
 against ``"logsnr"`` under the default SDE of each family that has a table
 (``grid_tables.TABLES``), on bench/targets.py's four mixtures, none of which any table was
 fitted on. DPM-Solver++(2M), (3M) and UniPC-3 with data and noise prediction, at 5, 10 and 20
-NFE (n_steps = NFE - 1, plus the denoising step); 2000 samples, seeds 1-3 after a compiling
+NFE (n_steps = NFE - 1, plus the denoising step: ``denoise=True``, as when the table was
+measured, before ``sampling.FEW_STEPS``); 2000 samples, seeds 1-3 after a compiling
 call, scored as bench/samplers.py scores (sliced W2 and within-mode sliced W2 over their noise
 floors). Printed: a line per run, then the geometric means over the targets.
 
@@ -41,43 +42,59 @@ GRIDS = ("logsnr", "optimized")
 SAMPLES, SEEDS = 2000, 3
 
 
-def run(family: str, target_names, budgets) -> list[tuple]:
-    """(family, target, NFE, label, {grid: (SW / floor, within / floor)}) per run."""
+def compare(family: str, target_names, budgets, configs: dict, variants: dict) -> list[tuple]:
+    """(family, target, NFE, label, {variant: (SW / floor, within / floor)}) per run of each
+    ``configs`` label -> (method, options) with each ``variants`` name -> (budget -> options)."""
     rows = []
     for name in target_names:
         target = bench.Target.build(name, bench.targets_lib.mixtures()[name], SAMPLES)
         for budget in budgets:
-            for label, (method, options) in CONFIGS.items():
+            for label, (method, options) in configs.items():
                 scores = {}
-                for kind in GRIDS:
-                    run_options = dict(options, n_steps=budget - 1, time_grid=kind)
+                for variant, extra in variants.items():
+                    run_options = dict(options, **extra(budget))
                     sample = bench.sampler(target, SAMPLES, method, run_options, FAMILIES[family])
                     r = bench.evaluate(target, sample, SEEDS, label)
-                    scores[kind] = (r.sw_ratio, r.within)
+                    assert r.nfe == budget, (label, run_options, r.nfe)
+                    scores[variant] = (r.sw_ratio, r.within)
                 rows.append((family, name, budget, label, scores))
                 cells = " | ".join(
-                    f"{k}: SW {s:.2f}, within {w:.2f}" for k, (s, w) in scores.items()
+                    f"{k}: SW {a:.2f}, within {w:.2f}" for k, (a, w) in scores.items()
                 )
                 print(f"{family} {name} NFE {budget} {label}: {cells}", flush=True)
         jax.clear_caches()
     return rows
 
 
-def summary(rows: list[tuple]) -> None:
-    """Geometric means over the targets, and the targets where "optimized" is >10% worse."""
+def geometric_means(rows: list[tuple]) -> dict[tuple, tuple[list, dict]]:
+    """(family, label, NFE) -> (its runs' (target, scores), {(variant, 0 SW / 1 within): gm})."""
     groups = collections.defaultdict(list)
     for family, name, budget, label, scores in rows:
         groups[(family, label, budget)].append((name, scores))
+    out = {}
+    for key, runs in groups.items():
+        variants = runs[0][1]
+        gm = {
+            (v, i): math.exp(np.mean([math.log(s[v][i]) for _, s in runs]))
+            for v in variants for i in (0, 1)
+        }  # fmt: skip
+        out[key] = runs, gm
+    return out
+
+
+VARIANTS = {  # the n_steps of a budget b, then the denoising step (as when the table was measured)
+    kind: lambda b, k=kind: dict(n_steps=b - 1, time_grid=k, denoise=True) for kind in GRIDS
+}
+
+
+def summary(rows: list[tuple]) -> None:
+    """Geometric means over the targets, and the targets where "optimized" is >10% worse."""
     print(
         "\n| family | solver | NFE | gm SW logsnr | gm SW optimized | gm within logsnr |"
         " gm within optimized | optimized within >1.1x worse on |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")
-    for (family, label, budget), runs in groups.items():
-        gm = {
-            (kind, i): math.exp(np.mean([math.log(s[kind][i]) for _, s in runs]))
-            for kind in GRIDS for i in (0, 1)
-        }  # fmt: skip
+    for (family, label, budget), (runs, gm) in geometric_means(rows).items():
         worse = [
             f"{name} {s['optimized'][1] / s['logsnr'][1]:.2f}x"
             for name, s in runs if s["optimized"][1] > 1.1 * s["logsnr"][1]
@@ -98,7 +115,11 @@ def main(argv=None) -> None:
     parser.add_argument("--targets", nargs="+", default=names, choices=names)
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {SAMPLES}, {SEEDS} seeds")
-    rows = [row for f in args.families for row in run(f, args.targets, args.budgets)]
+    rows = [
+        row
+        for f in args.families
+        for row in compare(f, args.targets, args.budgets, CONFIGS, VARIANTS)
+    ]
     summary(rows)
 
 
