@@ -56,7 +56,8 @@ from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids
 class Method:
     """``integrate(rng, sde, score_fn, x, ts, *, <options>, save_at=()) -> (x, nfe,
     trajectory)`` and ``grid(sde, *, <grid_options>) -> ts``, the grid from T that ``sample``
-    uses. An option named in both lists goes to both."""
+    uses. An option named in both lists goes to both. ``ends_at_data``: the grid needs no
+    denoising step; ``denoise_after``: with ``denoise=None`` a grid of more steps gets one."""
 
     integrate: Callable
     grid: Callable
@@ -67,8 +68,8 @@ class Method:
 
 
 # Up to this many steps, a fixed-step ODE solver spends its last evaluation on one more step
-# rather than on the denoising step: better at 5 and 10 NFE under every SDE family, a tie at
-# 20 (bench/final_step.py, docs/benchmarks.md).
+# rather than on the denoising step: better at 5 and 10 NFE under every SDE family; at 20 a tie,
+# or under VE the denoising step better (bench/final_step.py, docs/benchmarks.md).
 FEW_STEPS = 15
 
 
@@ -159,9 +160,9 @@ def _static(method: str, options: dict, valid: tuple[str, ...]) -> tuple:
     return tuple(sorted(options.items()))
 
 
-def _split(method: str, sde, options: dict) -> tuple[tuple, tuple, bool]:
-    """(grid options, solver options, denoise) of ``sample``'s options, the options static,
-    after checking their values."""
+def _split(method: str, sde, options: dict) -> tuple[tuple, tuple, bool | None]:
+    """(grid options, solver options, denoise: None for the method's choice) of ``sample``'s
+    options, the options static, after checking their values."""
     m = _method(method)
     _static(method, options, method_options(method))
     checks.options(options, sde.T)
