@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.tree_util import Partial
 
-from score_sde import sampling
+from score_sde import analytic, sampling
 from score_sde import sde as sde_lib
 
 ODE_SOLVERS = ("ddim", "dpm_solver", "unipc")
@@ -19,11 +19,9 @@ MEAN = 0.3 * np.cos(np.arange(D))
 
 
 def gaussian_score(sde):
-    def score(x, t):  # -C_t^-1 (x - alpha m), C_t = alpha² diag(VAR) + sigma² I
-        a, s = sde.alpha(t)[:, None], sde.marginal_std(t)[:, None]
-        return -(x - a * MEAN) / (a**2 * VAR + s**2)
-
-    return Partial(score)
+    """The exact score of N(MEAN, diag(VAR)), a one-component ``analytic.GaussianMixture``."""
+    gaussian = analytic.GaussianMixture(jnp.ones(1), jnp.asarray(MEAN)[None], jnp.diag(VAR)[None])
+    return Partial(gaussian.score_fn(sde))
 
 
 def exact_flow_to_data(sde, x_T):
