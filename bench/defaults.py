@@ -77,9 +77,10 @@ CANDIDATES: dict[str, dict[str, dict]] = {
         *combinations(order=(2, 3), time_grid=(None, "logsnr", "edm"), prediction=("noise",)),
         dict(order=3, lower_order_final=False),
     ),
-    "unipc": variants(  # time_grid=None: dpm_solver's default grid (optimized under VPSDE)
-        dict(order=3, variant="bh2", time_grid=None, prediction="data"),
-        *combinations(order=(3, 2), variant=("bh2", "bh1"), time_grid=(None, "logsnr")),
+    "unipc": variants(  # time_grid=None: dpm_solver's default grid (optimized under VPSDE);
+        # order=None: UniPC-3 at 20 NFE (UniPC-2 up to 10 steps)
+        dict(order=None, variant="bh2", time_grid=None, prediction="data"),
+        *combinations(order=(None, 2), variant=("bh2", "bh1"), time_grid=(None, "logsnr")),
         dict(time_grid="edm"), dict(prediction="noise"),
         dict(prediction="noise", time_grid="logsnr"),
     ),

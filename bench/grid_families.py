@@ -35,8 +35,8 @@ FAMILIES = {
 CONFIGS = {  # label: (method, options)
     "dpm++ 2M": ("dpm_solver", {}),
     "dpm++ 3M": ("dpm_solver", dict(order=3)),
-    "unipc-3 noise": ("unipc", dict(prediction="noise")),
-    "unipc-3 data": ("unipc", dict(prediction="data")),
+    "unipc-3 noise": ("unipc", dict(order=3, prediction="noise")),
+    "unipc-3 data": ("unipc", dict(order=3, prediction="data")),
 }
 GRIDS = ("logsnr", "optimized")
 SAMPLES, SEEDS = 2000, 3
@@ -82,6 +82,17 @@ def geometric_means(rows: list[tuple]) -> dict[tuple, tuple[list, dict]]:
     return out
 
 
+def print_means(rows: list[tuple], variants: dict) -> None:
+    """A table of the geometric means over the targets: SW, then within, of each variant."""
+    names = list(variants)
+    cols = [f"gm {m} {v}" for m in ("SW", "within") for v in names]
+    print("\n| family | method | NFE | " + " | ".join(cols) + " |")
+    print("|---|---|---:|" + "---:|" * len(cols))
+    for (family, label, budget), (_, gm) in geometric_means(rows).items():
+        cells = [gm[v, i] for i in (0, 1) for v in names]
+        print(f"| {family} | {label} | {budget} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+
+
 VARIANTS = {  # the n_steps of a budget b, then the denoising step (as when the table was measured)
     kind: lambda b, k=kind: dict(n_steps=b - 1, time_grid=k, denoise=True) for kind in GRIDS
 }
@@ -107,20 +118,29 @@ def summary(rows: list[tuple]) -> None:
         )
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_parser(description: str, budgets: list[int]) -> argparse.ArgumentParser:
+    """--families, --budgets and --targets, the options of every study run through ``study``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--budgets", nargs="+", type=int, default=[5, 10, 20])
+    parser.add_argument("--budgets", nargs="+", type=int, default=budgets)
     names = list(bench.FULL["targets"])
     parser.add_argument("--targets", nargs="+", default=names, choices=names)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def study(args, configs: dict, variants: dict) -> list[tuple]:
+    """``compare`` over the families, targets and budgets of ``args``, with a heading line."""
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {SAMPLES}, {SEEDS} seeds")
-    rows = [
+    return [
         row
         for f in args.families
-        for row in compare(f, args.targets, args.budgets, CONFIGS, VARIANTS)
+        for row in compare(f, args.targets, args.budgets, configs, variants)
     ]
-    summary(rows)
+
+
+def main(argv=None) -> None:
+    args = study_parser(__doc__.splitlines()[0], [5, 10, 20]).parse_args(argv)
+    summary(study(args, CONFIGS, VARIANTS))
 
 
 if __name__ == "__main__":

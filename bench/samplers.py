@@ -96,11 +96,17 @@ LADDER = [
     ("heun", "heun", {}, _odd),  # logSNR grid, then a last Euler step to t = 0
     ("heun, edm rho=7", "heun", dict(time_grid="edm"), _odd),
     ("heun, uniform t", "heun", dict(time_grid="uniform"), _odd),
-    ("unipc-2 bh2", "unipc", dict(order=2), _ode),  # data prediction, dpm_solver's grid
-    ("unipc-3 bh2", "unipc", {}, _ode),
-    ("unipc-3 bh2 logsnr", "unipc", dict(time_grid="logsnr"), _ode),
-    ("unipc-3 bh2 denoise", "unipc", dict(denoise=True), _next),
-    ("unipc-3 bh2 noise logsnr", "unipc", dict(prediction="noise", time_grid="logsnr"), _ode),
+    ("unipc-2 bh2", "unipc", dict(order=2), _ode),  # data prediction, dpm_solver's grid; up to
+    # 10 steps unipc's default (order=None)
+    ("unipc-3 bh2", "unipc", dict(order=3), _ode),  # unipc's default order beyond 10 steps
+    ("unipc-3 bh2 logsnr", "unipc", dict(order=3, time_grid="logsnr"), _ode),
+    ("unipc-3 bh2 denoise", "unipc", dict(order=3, denoise=True), _next),
+    (
+        "unipc-3 bh2 noise logsnr",
+        "unipc",
+        dict(order=3, prediction="noise", time_grid="logsnr"),
+        _ode,
+    ),
 ]
 DEFAULTS = [  # the cases (run on 2d-sharp at 19, 49 and 99 NFE)
     ("pc (defaults: ald)", "pc", {}, _odd),

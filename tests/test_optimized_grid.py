@@ -160,8 +160,8 @@ def test_unipc_at_its_defaults_keeps_sharp_modes_their_width_at_20_nfe(sde):
     step, on modes of std 1/30 of their spacing: the mean squared distance of 4000 samples to
     their nearest mode over its exact value, measured 0.96-1.02 under VP, sub-VP and VP-cosine.
     The former defaults (noise prediction, logsnr grid) widen the modes: 1.23-1.69. At 5 NFE
-    (5 steps) noise prediction on the optimized grid throws samples far off the modes
-    (159-1,406) where data prediction stays near them (3.97-4.12)."""
+    (5 steps, UniPC-2 by default) noise prediction on the optimized grid throws samples far off
+    the modes (176-1,443) where data prediction stays near them (3.99-4.19)."""
     mix = sharp_modes(1.0)
 
     def ratio(n_steps, **options):

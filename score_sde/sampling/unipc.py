@@ -33,6 +33,17 @@ from score_sde.sde import SDE
 
 Array = jax.Array
 VARIANTS = ("bh1", "bh2")
+# order=None takes UniPC-2 on grids of up to this many steps and UniPC-3 beyond: at 5, 8 and
+# 10 NFE UniPC-2 is better under every SDE family (at 5, 0.57-0.68x UniPC-3's within-mode
+# error), UniPC-3 at 15 and 20 under the VP families (bench/unipc_order.py).
+SECOND_ORDER_UP_TO = 10
+
+
+def default_order(n_steps: int) -> int:
+    """The order that ``order=None`` takes on a grid of ``n_steps`` steps."""
+    return 2 if n_steps <= SECOND_ORDER_UP_TO else 3
+
+
 grid = dpm_solver.grid
 
 
@@ -94,7 +105,7 @@ def integrate(
     x,
     ts,
     *,
-    order=3,
+    order=None,
     prediction="data",
     variant="bh2",
     corrector=True,
@@ -107,17 +118,20 @@ def integrate(
     Steps warm up with orders 1, 2, ... (and with ``lower_order_final`` end with lower ones), as
     multistep DPM-Solver. Each step is UniP, the model at the prediction, then UniC reusing that
     evaluation; the last step has no corrector (it would cost an evaluation), so n steps cost n
-    evaluations. ``corrector=False`` leaves UniP alone. The defaults (UniPC-3, bh2, data
-    prediction, on dpm_solver's default grid) are the best measured at 20 NFE (``python
-    bench/grid_families.py``, docs/benchmarks.md): on the optimized grid data and noise
-    prediction tie there (within modes 1.09x the noise floor, geometric mean over 4 targets
-    under VPSDE), and data prediction is far better at 5 NFE (8.0x against 210x) and the safer
-    choice under strong guidance (Lu et al. 2022b). On the 2-D mixture of tests/test_unipc.py,
-    UniC-3 helps from 20 steps but not at 10 (UniC-1, -2 do).
+    evaluations. ``corrector=False`` leaves UniP alone. ``order=None``, the default, is UniPC-2
+    on grids of up to ``SECOND_ORDER_UP_TO`` = 10 steps and UniPC-3 beyond (``python
+    bench/unipc_order.py``). The other defaults (bh2, data prediction, on dpm_solver's default
+    grid) are the best measured at 20 NFE (``python bench/grid_families.py``,
+    docs/benchmarks.md): on the optimized grid data and noise prediction tie there (within modes
+    1.09x the noise floor, geometric mean over 4 targets under VPSDE), and data prediction is
+    far better at 5 NFE (8.0x against 210x) and the safer choice under strong guidance (Lu et
+    al. 2022b). On the 2-D mixture of tests/test_unipc.py, UniC-3 helps from 20 steps but not at
+    10 (UniC-1, -2 do).
     """
     del rng  # deterministic
     check_options(order, prediction, variant, corrector)
     n = ts.shape[0] - 1
+    order = default_order(n) if order is None else order
     orders = dpm_solver.step_orders(n, order, "multistep", lower_order_final)
     window = dpm_solver.history_lambdas(sde.half_log_snr(ts), order)  # lam of m_j
     step_weights = functools.partial(weights, sde, prediction, variant, window, ts[:-1], ts[1:])
@@ -153,8 +167,11 @@ def _newest_first(coeffs):
 
 
 def check_options(order, prediction, variant, corrector):
-    if order not in (1, 2, 3):
-        raise ValueError(f"order={order!r}: UniPC has orders 1, 2 and 3 (UniPC-p is of order p+1).")
+    if order not in (None, 1, 2, 3):
+        raise ValueError(
+            f"order={order!r}: UniPC has orders 1, 2 and 3 (UniPC-p is of order p+1), or None"
+            " (2 up to 10 steps, 3 beyond)."
+        )
     if prediction not in dpm_solver.PREDICTIONS:
         raise ValueError(f"prediction={prediction!r}: use one of {dpm_solver.PREDICTIONS}.")
     if variant not in VARIANTS:
