@@ -158,13 +158,25 @@ class Unrelated:
         raise ValueError("an unrelated error in __del__")
 
 Unrelated()
+
+class JsonCheckpointHandler:  # orbax's, whose saves a failed save leaves unawaited
+    async def async_save(self):
+        pass
+
+async def unrelated_work():
+    pass
+
+unawaited = [JsonCheckpointHandler().async_save(), unrelated_work()]
+del unawaited
+gc.collect()
 """
 
 
 def test_writes_orphaned_by_a_failed_save_print_nothing(tmp_path):
     """orbax closes a save's event loop when one write fails (a full disk) and leaves the
     other writes pending; when they end, tensorstore reports the closed loop as unraisable and
-    asyncio logs the destroyed task: the job drops both, and only those."""
+    asyncio logs the destroyed task, and Python warns of the handlers' saves never awaited: the
+    job drops these, and only these."""
     orbax_like = tmp_path / "orbax"
     orbax_like.mkdir()
     (orbax_like / "waiter.py").write_text("async def waiter(future):\n    await future\n")
@@ -172,10 +184,14 @@ def test_writes_orphaned_by_a_failed_save_print_nothing(tmp_path):
     loud = subprocess.run([*script, "loud"], capture_output=True, text=True, env=subprocess_env())
     quiet = subprocess.run([*script, "quiet"], capture_output=True, text=True, env=subprocess_env())
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
-    noises = ("Event loop is closed", "Task was destroyed but", "Future exception was never")
+    noises = (
+        "Event loop is closed", "Task was destroyed but", "Future exception was never",
+        "coroutine 'JsonCheckpointHandler.async_save' was never awaited",
+    )  # fmt: skip
     for noise in noises:
         assert noise in loud.stderr and noise not in quiet.stderr, quiet.stderr
     assert "an unrelated error in __del__" in quiet.stderr
+    assert "coroutine 'unrelated_work' was never awaited" in quiet.stderr
 
 
 def test_a_tfds_set_that_is_not_prepared(tmp_path, capsys):

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 
 EXIT_CONFIG, EXIT_DIVERGED = 2, 1
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as a shell reports it
@@ -109,7 +110,12 @@ def _closed_loop_wakeup(unraisable) -> bool:
     )
 
 
+# orbax's handlers' saves left unawaited by a failed save, reported at the interpreter's exit
+_UNAWAITED_SAVE = r"coroutine '\w+CheckpointHandler\.async_save' was never awaited"
+
+
 def quiet_orbax_background_errors() -> None:
+    warnings.filterwarnings("ignore", _UNAWAITED_SAVE, RuntimeWarning)
     logging.getLogger("absl").addFilter(_DropOrbaxTracebacks())
     logging.getLogger("asyncio").addFilter(_DropOrphanedTasks())
     previous = sys.unraisablehook

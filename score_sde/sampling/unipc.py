@@ -35,7 +35,8 @@ Array = jax.Array
 VARIANTS = ("bh1", "bh2")
 # order=None takes UniPC-2 on grids of up to this many steps and UniPC-3 beyond: at 5, 8 and
 # 10 NFE UniPC-2 is better under every SDE family (at 5, 0.57-0.68x UniPC-3's within-mode
-# error), UniPC-3 at 15 and 20 under the VP families (bench/unipc_order.py).
+# error), UniPC-3 at 15 under VP, VP-cosine and sub-VP (bench/unipc_order.py) and at 20 NFE
+# (bench/defaults.py).
 SECOND_ORDER_UP_TO = 10
 
 
