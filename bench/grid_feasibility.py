@@ -35,7 +35,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.tree_util import Partial
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench/'s modules import by name, as a script
@@ -63,8 +62,7 @@ def grid_of(params: tuple[jax.Array, jax.Array]) -> jax.Array:
 
 
 def params_of(ts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    lam = SDE.half_log_snr(ts)
-    return jnp.log(jnp.diff((lam - lam[0]) / (lam[-1] - lam[0]))), jnp.log(ts[-1])
+    return optimize_grid.logits_of(SDE, ts), jnp.log(ts[-1])
 
 
 def problem(mixture, key: int):
@@ -94,28 +92,21 @@ def fit(kind: str, method: str, problems, budget: int) -> tuple[jax.Array, float
     loss = jax.jit(jax.value_and_grad(
         lambda p: jnp.log(jnp.mean(objective(kind, method, problems, grid_of(p)) / base))
     ))  # fmt: skip
-    best = (math.inf, None)
-    for start, eps in STARTS:
-        params = params_of(grids.time_grid(SDE, budget, start, t_end=eps, solver="dpm_solver"))
-        opt = optax.adam(optax.cosine_decay_schedule(LR, ITERS, alpha=0.05))
-        state = opt.init(params)
-        for _ in range(ITERS):
-            value, grad = loss(params)
-            best = min(best, (float(value), params), key=lambda b: b[0])
-            updates, state = opt.update(grad, state)
-            params = optax.apply_updates(params, updates)
-    return grid_of(best[1]), math.exp(best[0])
+    starts = [
+        params_of(grids.time_grid(SDE, budget, start, t_end=eps, solver="dpm_solver"))
+        for start, eps in STARTS
+    ]
+    value, _, params = optimize_grid.adam_from_starts(loss, starts, ITERS, LR)
+    return grid_of(params), math.exp(value)
 
 
 def score_grid(target, method: str, ts: jax.Array, label: str) -> bench.Row:
     """The solver along ``ts`` from fresh prior draws, scored as the bench scores."""
     shape, score_fn = (SAMPLES, target.mixture.dim), Partial(target.mixture.score_fn(SDE))
 
-    @jax.jit
-    def sample(key):
-        x, nfe = sampling.solve(key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method)
-        return x, nfe
-
+    sample = jax.jit(
+        lambda key: sampling.solve(key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method)
+    )
     return bench.evaluate(target, sample, SEEDS, label)
 
 

@@ -28,11 +28,12 @@ Held out (reported, never optimised on): ``heldout-3x3``, 9 modes on a 3x3 grid 
 
 Heun (EDM's sampler, ``--solvers heun``) is optimised on its T -> eps part: edm.grid appends
 t = 0 after time_grid's n points, a last Euler step that is the same map of x(eps) for every
-grid. ``dpm_solver_3m`` is DPM-Solver++(3M). Only dpm_solver's table is fitted and shipped.
+grid. ``dpm_solver_3m`` is DPM-Solver++(3M); ``unipc`` UniPC at its defaults (order None: 2 up
+to 10 steps, 3 beyond). dpm_solver's and unipc's tables are fitted and shipped.
 
 Measured: grid_tables' docstring (``--evaluate``: the shipped table of the family, no fit).
 
-    python bench/optimize_grid.py [--solvers dpm_solver heun dpm_solver_3m] [--budgets 5 8 ...]
+    python bench/optimize_grid.py [--solvers dpm_solver unipc heun dpm_solver_3m] [--budgets 5 ...]
         [--iters 100] [--sde vp] [--transfer subvp ve] [--interpolation] [--evaluate]
         [--out FILE]
 """
@@ -58,7 +59,7 @@ import optax  # noqa: E402
 
 from score_sde import analytic  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
-from score_sde.sampling import dpm_solver, edm, grid_tables, grids  # noqa: E402
+from score_sde.sampling import dpm_solver, edm, grid_tables, grids, unipc  # noqa: E402
 
 BUDGETS = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 BASELINES = ("logsnr", "edm", "uniform")
@@ -77,6 +78,7 @@ SOLVERS = {
         None, sde, score_fn, x, ts, order=3
     )[0],
     "heun": lambda sde, score_fn, x, ts: edm.integrate(None, sde, score_fn, x, ts)[0],
+    "unipc": lambda sde, score_fn, x, ts: unipc.integrate(None, sde, score_fn, x, ts)[0],
 }
 
 
@@ -212,31 +214,42 @@ def _loss_and_grad(sde, solver, targets, z, x_T, want, base):
     return jax.value_and_grad(loss)(z)
 
 
-def grid_fractions(sde, n: int, kind: str) -> jax.Array:
-    """The fractions of the lambda span at which the ``kind`` grid of n steps puts its times."""
-    lam = sde.half_log_snr(grids.time_grid(sde, n, kind))
-    return (lam - lam[0]) / (lam[-1] - lam[0])
+def logits_of(sde, ts: jax.Array) -> jax.Array:
+    """The logits z with ``to_fractions(z)`` the fractions of the lambda span at ``ts``."""
+    lam = sde.half_log_snr(ts)
+    return jnp.log(jnp.diff((lam - lam[0]) / (lam[-1] - lam[0])))  # softmax(z): the increments
+
+
+def adam_from_starts(loss_and_grad, starts: list, iters: int, lr: float) -> tuple:
+    """Adam on ``loss_and_grad(params) -> (value, grad)`` from each start in turn (the sharp
+    mixtures' error is mostly trajectories ending in the wrong mode, piecewise constant in the
+    grid: gradients alone stay in the basin they start in): (value, start index, params) of the
+    best iterate seen."""
+    opt = optax.adam(optax.cosine_decay_schedule(lr, iters, alpha=0.05))
+    best = (math.inf, None, None)
+    for i, params in enumerate(starts):
+        state = opt.init(params)
+        for _ in range(iters):
+            value, grad = loss_and_grad(params)
+            best = min(best, (float(value), i, params), key=lambda b: b[0])
+            updates, state = opt.update(grad, state)
+            params = optax.apply_updates(params, updates)
+    return best
 
 
 def optimise(problem: Problem, solver: str, n: int, iters: int, lr: float) -> np.ndarray:
-    """Fractions for ``n`` steps minimising the objective (module docstring) by Adam, from each
-    baseline grid in turn (the sharp mixtures' error is mostly trajectories ending in the wrong
-    mode, piecewise constant in the grid: gradients alone stay in the basin they start in);
-    the best iterate seen."""
+    """Fractions for ``n`` steps minimising the objective (module docstring) by Adam from each
+    baseline grid (``adam_from_starts``)."""
     p = problem
     base = p.mse(solver, grids.time_grid(p.sde, n, "logsnr"))
-    opt = optax.adam(optax.cosine_decay_schedule(lr, iters, alpha=0.05))
-    best = (math.inf, None, None)
-    for start in BASELINES:
-        z = jnp.log(jnp.diff(grid_fractions(p.sde, n, start)))  # softmax(z) = the increments
-        state = opt.init(z)
-        for _ in range(iters):
-            value, grad = _loss_and_grad(p.sde, solver, p.targets, z, p.x_T, p.want, base)
-            best = min(best, (float(value), start, z), key=lambda b: b[0])
-            updates, state = opt.update(grad, state)
-            z = optax.apply_updates(z, updates)
-    print(f"  best from {best[1]}: training objective {math.exp(best[0]):.3f}", flush=True)
-    return np.asarray(to_fractions(best[2]))
+    value, start, z = adam_from_starts(
+        lambda z: _loss_and_grad(p.sde, solver, p.targets, z, p.x_T, p.want, base),
+        [logits_of(p.sde, grids.time_grid(p.sde, n, kind)) for kind in BASELINES],
+        iters,
+        lr,
+    )
+    print(f"  best from {BASELINES[start]}: training objective {math.exp(value):.3f}", flush=True)
+    return np.asarray(to_fractions(z))
 
 
 def ratios(problems: list[Problem], solver: str, f: np.ndarray) -> dict[str, np.ndarray]:
