@@ -42,9 +42,12 @@ GRIDS = ("logsnr", "optimized")
 SAMPLES, SEEDS = 2000, 3
 
 
-def compare(family: str, target_names, budgets, configs: dict, variants: dict) -> list[tuple]:
+def compare(
+    family: str, target_names, budgets, configs: dict, variants: dict, make=bench.sampler
+) -> list[tuple]:
     """(family, target, NFE, label, {variant: (SW / floor, within / floor)}) per run of each
-    ``configs`` label -> (method, options) with each ``variants`` name -> (budget -> options)."""
+    ``configs`` label -> (method, options) with each ``variants`` name -> (budget -> options),
+    sampled by ``make(target, samples, method, options, sde)``."""
     rows = []
     for name in target_names:
         target = bench.Target.build(name, bench.targets_lib.mixtures()[name], SAMPLES)
@@ -53,7 +56,7 @@ def compare(family: str, target_names, budgets, configs: dict, variants: dict) -
                 scores = {}
                 for variant, extra in variants.items():
                     run_options = dict(options, **extra(budget))
-                    sample = bench.sampler(target, SAMPLES, method, run_options, FAMILIES[family])
+                    sample = make(target, SAMPLES, method, run_options, FAMILIES[family])
                     r = bench.evaluate(target, sample, SEEDS, label)
                     assert r.nfe == budget, (label, run_options, r.nfe)
                     scores[variant] = (r.sw_ratio, r.within)
@@ -128,13 +131,13 @@ def study_parser(description: str, budgets: list[int]) -> argparse.ArgumentParse
     return parser
 
 
-def study(args, configs: dict, variants: dict) -> list[tuple]:
+def study(args, configs: dict, variants: dict, make=bench.sampler) -> list[tuple]:
     """``compare`` over the families, targets and budgets of ``args``, with a heading line."""
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, batch {SAMPLES}, {SEEDS} seeds")
     return [
         row
         for f in args.families
-        for row in compare(f, args.targets, args.budgets, configs, variants)
+        for row in compare(f, args.targets, args.budgets, configs, variants, make)
     ]
 
 

@@ -96,8 +96,8 @@ LADDER = [
     ("heun", "heun", {}, _odd),  # logSNR grid, then a last Euler step to t = 0
     ("heun, edm rho=7", "heun", dict(time_grid="edm"), _odd),
     ("heun, uniform t", "heun", dict(time_grid="uniform"), _odd),
-    ("unipc-2 bh2", "unipc", dict(order=2), _ode),  # data prediction, dpm_solver's grid; up to
-    # 10 steps unipc's default (order=None)
+    ("unipc-2 bh2", "unipc", dict(order=2), _ode),  # data prediction, unipc's default grid
+    # (its own table up to 10 steps, dpm_solver's beyond); up to 10 steps its default order
     ("unipc-3 bh2", "unipc", dict(order=3), _ode),  # unipc's default order beyond 10 steps
     ("unipc-3 bh2 logsnr", "unipc", dict(order=3, time_grid="logsnr"), _ode),
     ("unipc-3 bh2 denoise", "unipc", dict(order=3, denoise=True), _next),

@@ -244,11 +244,11 @@ FRONT_DOOR = [dict(n_steps=1, corrector=False, prediction="noise"), dict(n_steps
 @pytest.mark.parametrize("options", FRONT_DOOR, ids=str)
 def test_nfe_is_n_steps_and_sample_is_the_solver_on_its_grid(options):
     """n_steps model calls, counted at run time (UniC adds none; the last step has none);
-    ``sample`` = ``solve`` from the prior on ``unipc.grid`` (dpm_solver's grid)."""
+    ``sample`` = ``solve`` from the prior on ``unipc.grid`` (its own table at 7 steps)."""
     sde, rng, shape = VP, jax.random.PRNGKey(3), (5, 2)
     score_fn = Partial(counting_score, mixture(), sde)
     grid_names = sampling.METHODS["unipc"].grid_options
-    ts = dpm_solver.grid(sde, **{k: v for k, v in options.items() if k in grid_names})
+    ts = unipc.grid(sde, **{k: v for k, v in options.items() if k in grid_names})
     prior_key, solve_key = jax.random.split(rng)
     solver_options = {k: v for k, v in options.items() if k not in grid_names}
     x_T = sde.prior_sampling(prior_key, shape)

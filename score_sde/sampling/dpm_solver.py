@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from score_sde import parameterization as param
-from score_sde.sampling import grid_tables, grids
+from score_sde.sampling import grids
 from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -146,10 +146,7 @@ def grid(sde: SDE, *, n_steps: int = 20, time_grid: str | None = None, eps=None)
     """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time). The default,
     ``grid_tables.default_kind``, is the optimized grid under VP, VP-cosine and sub-VP and the
     logsnr grid otherwise: the best measured at 20 NFE (``python bench/grid_families.py``)."""
-    kind = (
-        grid_tables.default_kind("dpm_solver", sde.grid_family) if time_grid is None else time_grid
-    )
-    return grids.time_grid(sde, n_steps, kind, t_end=eps, solver="dpm_solver")
+    return grids.solver_grid(sde, "dpm_solver", n_steps, time_grid, eps)
 
 
 def integrate(

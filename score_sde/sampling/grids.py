@@ -96,6 +96,13 @@ def time_grid(
     return ts.at[0].set(ends[0]).at[-1].set(ends[1])  # the ends exactly, not via an inverse
 
 
+def solver_grid(sde: SDE, solver: str, n_steps: int, kind: str | None, eps) -> Array:
+    """The grid of ``solver``, one with optimized tables: ``kind`` None is
+    ``grid_tables.default_kind(solver, sde.grid_family)``, the best measured."""
+    kind = grid_tables.default_kind(solver, sde.grid_family) if kind is None else kind
+    return time_grid(sde, n_steps, kind, t_end=eps, solver=solver)
+
+
 def check_save_at(save_at: tuple, t_a: float, t_b: float, slack: float = 0.0) -> None:
     """Raise if a requested time lies outside the span [t_a, t_b] (either order) of a sampler,
     widened by ``slack`` (the rounding of a grid computed in float32)."""

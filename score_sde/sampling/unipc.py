@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import dpm_solver, grids
+from score_sde.sampling import dpm_solver, grid_tables, grids
 from score_sde.sampling.dpm_solver import _combine, _phis, _step_coeffs
 from score_sde.sde import SDE
 
@@ -45,7 +45,22 @@ def default_order(n_steps: int) -> int:
     return 2 if n_steps <= SECOND_ORDER_UP_TO else 3
 
 
-grid = dpm_solver.grid
+# Up to this many steps (UniPC-2's, by default), unipc's default grid is its own optimized table
+# under the SDE families of grid_tables.DEFAULT_FAMILIES["unipc"], beyond it dpm_solver's default
+# grid: at 5-10 NFE its own table is better, at 15-20 it widens 2d-sharp's modes 2-3x
+# (bench/unipc_grid.py).
+OWN_GRID_UP_TO = 10
+
+
+def grid(sde: SDE, *, n_steps: int = 20, time_grid: str | None = None, eps=None) -> Array:
+    """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time); "optimized"
+    is unipc's own table. The default, None: that table up to ``OWN_GRID_UP_TO`` steps under the
+    families of ``grid_tables.DEFAULT_FAMILIES["unipc"]``, else ``dpm_solver.grid``'s default,
+    each the best measured (``python bench/unipc_grid.py``)."""
+    own = time_grid is not None or (
+        n_steps <= OWN_GRID_UP_TO and sde.grid_family in grid_tables.DEFAULT_FAMILIES["unipc"]
+    )
+    return grids.solver_grid(sde, "unipc" if own else "dpm_solver", n_steps, time_grid, eps)
 
 
 def _b_of(u: Array, variant: str) -> Array:
