@@ -82,8 +82,10 @@ def test_a_solver_or_an_sde_family_without_a_table_is_a_clear_error():
     with pytest.raises(ValueError, match="no table for solver=None"):
         grids.time_grid(sde_lib.VPSDE(), 10, "optimized")
     sde = sde_lib.SubVPSDE(schedule="cosine")
-    with pytest.raises(ValueError, match="family 'subvp-cosine'.*optimize_grid.py --sde subvp-c"):
-        dpm_solver.grid(sde, n_steps=10, time_grid="optimized")
+    for solver in SOLVERS:
+        want = f"family 'subvp-cosine'.*optimize_grid.py --sde subvp-cosine --solvers {solver}`"
+        with pytest.raises(ValueError, match=want):
+            sampling.METHODS[solver].grid(sde, n_steps=10, time_grid="optimized")
 
 
 @pytest.mark.usefixtures("x64")

@@ -388,7 +388,8 @@ def fractions(solver: str | None, family: str, n_steps: int) -> np.ndarray:
         raise ValueError(
             f"time_grid='optimized' has no {solver} table for the SDE family {family!r} (tables "
             f"exist for {sorted(TABLES[solver])}): fit one with `python bench/optimize_grid.py "
-            f"--sde {family}` (after adding the family's default SDE to that script's SDES) and "
+            f"--sde {family} --solvers {solver}` (after adding the family's default SDE to that "
+            "script's SDES) and "
             "paste it into score_sde/sampling/grid_tables.py, or use time_grid='logsnr'."
         )
     return interpolate(TABLES[solver][family], n_steps)
