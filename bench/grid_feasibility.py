@@ -42,17 +42,14 @@ import optimize_grid  # noqa: E402
 import samplers as bench  # noqa: E402
 
 from score_sde import metrics, sampling  # noqa: E402
-from score_sde.sampling import dpm_solver, grids, unipc  # noqa: E402
+from score_sde.sampling import grids  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)  # optimize_grid fits in float64; the bench runs in 32
 SDE = bench.SDE
 DRAWS, ITERS, LR, REFERENCE_END = 1024, 150, 0.05, 1e-5
 SAMPLES, SEEDS = bench.FULL["samples"], bench.FULL["seeds"]
 STARTS = (("logsnr", 1e-3), ("logsnr", 1e-4), ("optimized", 1e-3), ("optimized", 1e-4))
-LOOPS = {  # method -> x at ts[-1] from x at ts[0], the library's loop at its default options
-    "dpm_solver": lambda sde, score_fn, x, ts: dpm_solver.integrate(None, sde, score_fn, x, ts)[0],
-    "unipc": lambda sde, score_fn, x, ts: unipc.integrate(None, sde, score_fn, x, ts)[0],
-}
+LOOPS = {m: optimize_grid.SOLVERS[m] for m in ("dpm_solver", "unipc")}  # at default options
 
 
 def grid_of(params: tuple[jax.Array, jax.Array]) -> jax.Array:

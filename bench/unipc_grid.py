@@ -36,7 +36,7 @@ def make(target, samples: int, method: str, options: dict, sde):
     """``key -> (x, nfe)``: ``method`` at its defaults along the grid ``options`` name, with the
     denoising step (and one step fewer) after more than ``sampling.FEW_STEPS`` steps."""
     budget, score_fn = options["budget"], Partial(target.mixture.score_fn(sde))
-    denoise = budget > sampling.FEW_STEPS
+    denoise = budget - 1 > sampling.FEW_STEPS  # as sample's: budget - 1 steps, then the step
     ts = grids.time_grid(
         sde, budget - denoise, options["time_grid"], solver=options["table"]
     )  # the default end time of the grid's step count, as sampling.sample's
