@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from score_sde.sampling import dpm_solver, grid_tables, grids
+from score_sde.sampling import dpm_solver, grids
 from score_sde.sampling.dpm_solver import _combine, _phis, _step_coeffs
 from score_sde.sde import SDE
 
@@ -54,13 +54,13 @@ OWN_GRID_UP_TO = 10
 
 def grid(sde: SDE, *, n_steps: int = 20, time_grid: str | None = None, eps=None) -> Array:
     """``n_steps`` steps on ``time_grid`` from T to ``eps`` (default sde.end_time); "optimized"
-    is unipc's own table. The default, None: that table up to ``OWN_GRID_UP_TO`` steps under the
-    families of ``grid_tables.DEFAULT_FAMILIES["unipc"]``, else ``dpm_solver.grid``'s default,
-    each the best measured (``python bench/unipc_grid.py``)."""
-    own = time_grid is not None or (
-        n_steps <= OWN_GRID_UP_TO and sde.grid_family in grid_tables.DEFAULT_FAMILIES["unipc"]
-    )
-    return grids.solver_grid(sde, "unipc" if own else "dpm_solver", n_steps, time_grid, eps)
+    is unipc's own table. The default, None: up to ``OWN_GRID_UP_TO`` steps
+    ``grid_tables.default_kind("unipc", ...)`` (that table under the families of
+    ``DEFAULT_FAMILIES["unipc"]``, else logsnr), beyond it ``dpm_solver.grid``'s default, each
+    the best measured (``python bench/unipc_grid.py``)."""
+    if time_grid is None and n_steps > OWN_GRID_UP_TO:
+        return dpm_solver.grid(sde, n_steps=n_steps, eps=eps)
+    return grids.solver_grid(sde, "unipc", n_steps, time_grid, eps)
 
 
 def _b_of(u: Array, variant: str) -> Array:
