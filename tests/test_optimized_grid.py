@@ -2,8 +2,8 @@
 a table per solver (dpm_solver, unipc) and SDE family, a valid grid for every SDE and step
 count, computable from a traced SDE, under each family's SDE better than the logsnr grid for
 DPM-Solver++(2M) on a sharp mixture the tables were not fitted on, unipc's own table better for
-UniPC at 5 steps than dpm_solver's, and the default grid of dpm_solver and unipc where measured
-better."""
+UniPC at few steps (5 under VP and VP-cosine, 10 under sub-VP) than dpm_solver's, and the
+default grid of dpm_solver and unipc where measured better."""
 
 import itertools
 
