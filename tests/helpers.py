@@ -194,3 +194,10 @@ def within_mode_variance(sharp: analytic.GaussianMixture, x) -> tuple[float, np.
     d2 = jnp.sum((x[:, None] - sharp.means[None]) ** 2, axis=-1)
     var = float(sharp.covs[0, 0, 0])
     return float(jnp.mean(jnp.min(d2, axis=1))) / (2 * var), np.asarray(jnp.argmin(d2, axis=1))
+
+
+def gaussian_flow(sde, mean, var, x_T, t=0.0):
+    """x(t) on the probability-flow path from x_T at T for data N(mean, diag(var)): alpha_t mean
+    + sqrt(C_t / C_T) (x_T - alpha_T mean), C_t = alpha_t² var + sigma_t²."""
+    (a_T, s_T), (a, s) = ((sde.alpha(u), sde.marginal_std(u)) for u in (jnp.asarray(sde.T), t))
+    return a * mean + jnp.sqrt((a**2 * var + s**2) / (a_T**2 * var + s_T**2)) * (x_T - a_T * mean)

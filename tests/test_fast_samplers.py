@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import gaussian_flow
 
 from score_sde import analytic, metrics, sampling
 from score_sde import rng as rng_lib
@@ -25,14 +26,6 @@ pytestmark = pytest.mark.usefixtures("x64")  # conftest: float64 throughout
 
 def gaussian():
     return analytic.GaussianMixture(jnp.ones(1), jnp.asarray(MEAN)[None], jnp.diag(VAR)[None])
-
-
-def exact_flow(sde, x_T, t):
-    """The probability-flow ODE solution from x_T at T to t for the Gaussian target."""
-    a_T, s_T = sde.alpha(jnp.asarray(sde.T)), sde.marginal_std(jnp.asarray(sde.T))
-    a, s = sde.alpha(jnp.asarray(t)), sde.marginal_std(jnp.asarray(t))
-    scale = jnp.sqrt((a**2 * VAR + s**2) / (a_T**2 * VAR + s_T**2))
-    return a * MEAN + scale * (x_T - a_T * MEAN)
 
 
 def fitted_order(ns, errors):
@@ -208,7 +201,7 @@ def test_convergence_order(case):
     _, sde, solver, options, ns, order = case
     score_fn = gaussian().score_fn(sde)
     x_T = sde.prior_sampling(jax.random.PRNGKey(0), (8, 3))
-    want = exact_flow(sde, x_T, sde.sampling_eps)
+    want = gaussian_flow(sde, MEAN, VAR, x_T, sde.sampling_eps)
 
     @jax.jit
     def solve(x_T, ts):
@@ -229,7 +222,7 @@ def test_adaptive_error_and_cost_follow_the_tolerance():
     sde = sde_lib.VPSDE()
     score_fn = gaussian().score_fn(sde)
     x_T = sde.prior_sampling(jax.random.PRNGKey(0), (16, 3))
-    want = exact_flow(sde, x_T, sde.sampling_eps)
+    want = gaussian_flow(sde, MEAN, VAR, x_T, sde.sampling_eps)
     results = {}
     for order in (2, 3):
         for tol in (1e-2, 1e-4):

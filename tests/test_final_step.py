@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import gaussian_flow
 from jax.tree_util import Partial
 
 from score_sde import analytic, sampling
@@ -24,13 +25,6 @@ def gaussian_score(sde):
     """The exact score of N(MEAN, diag(VAR)), a one-component ``analytic.GaussianMixture``."""
     gaussian = analytic.GaussianMixture(jnp.ones(1), jnp.asarray(MEAN)[None], jnp.diag(VAR)[None])
     return Partial(gaussian.score_fn(sde))
-
-
-def exact_flow(sde, x_T, t=0.0):
-    """x(t) on the probability-flow path from x_T at T: alpha_t m + sqrt(C_t / C_T) (x_T -
-    alpha_T m), C_t = alpha_t² VAR + sigma_t²; x(0) by default."""
-    (a_T, s_T), (a, s) = ((sde.alpha(u), sde.marginal_std(u)) for u in (jnp.asarray(sde.T), t))
-    return a * MEAN + jnp.sqrt((a**2 * VAR + s**2) / (a_T**2 * VAR + s_T**2)) * (x_T - a_T * MEAN)
 
 
 @pytest.mark.parametrize("method", ODE_SOLVERS)
@@ -59,7 +53,7 @@ def test_at_5_and_10_nfe_one_more_step_beats_the_denoising_step(method, x64):
     to the exact flow's x(0) than one step fewer and the denoising step, on the 64-D Gaussian
     under VP (mean squared error at most 0.9x; measured 0.25-0.83x)."""
     sde, rng, shape = sde_lib.VPSDE(), jax.random.PRNGKey(0), (512, D)
-    exact = exact_flow(sde, sde.prior_sampling(jax.random.split(rng)[0], shape))
+    exact = gaussian_flow(sde, MEAN, VAR, sde.prior_sampling(jax.random.split(rng)[0], shape))
     for budget in (5, 10):
         x, nfe = sampling.sample(rng, sde, gaussian_score(sde), shape, method, n_steps=budget)
         denoised, nfe_d = sampling.sample(
@@ -94,7 +88,7 @@ def test_unipc_default_order_is_the_closer_one_at_each_step_count(sde, x64):
     x_T = sde.prior_sampling(jax.random.PRNGKey(0), (512, D))
     for n_steps in (5, 8, 10, 15):
         ts = sampling.METHODS["unipc"].grid(sde, n_steps=n_steps)
-        exact = exact_flow(sde, x_T, ts[-1])
+        exact = gaussian_flow(sde, MEAN, VAR, x_T, ts[-1])
         mse = {
             order: float(jnp.mean((sampling.solve(
                 None, sde, gaussian_score(sde), x_T, ts, "unipc", order=order

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import gaussian_flow
 
 from score_sde import analytic, parameterization, sampling
 from score_sde import sde as sde_lib
@@ -51,14 +52,6 @@ def pc_step(method, sde, rng, k, x, ts):
 def tweedie(x, t):
     t = jnp.full(x.shape[:1], t)
     return parameterization.tweedie_denoise(SDE, SCORE_FN(x, t), x, t)
-
-
-def exact_flow(x_T, t):
-    """The probability-flow ODE solution from x_T at T to t for the Gaussian target."""
-    a_T, s_T = SDE.alpha(jnp.asarray(SDE.T)), SDE.marginal_std(jnp.asarray(SDE.T))
-    a, s = SDE.alpha(jnp.asarray(t)), SDE.marginal_std(jnp.asarray(t))
-    scale = jnp.sqrt((a**2 * VAR + s**2) / (a_T**2 * VAR + s_T**2))
-    return a * MEAN + scale * (x_T - a_T * MEAN)
 
 
 @pytest.mark.parametrize("method", sorted(MOVES))
@@ -131,7 +124,8 @@ def test_ode_trajectory_follows_the_exact_probability_flow():
     np.testing.assert_array_equal(traj[1], x_T)
     np.testing.assert_array_equal(traj[2], x)  # the pre-denoise state at eps, exactly
     for j, t in enumerate(save_at):
-        np.testing.assert_allclose(traj[j], exact_flow(x_T, t), rtol=0, atol=1e-7)
+        want = gaussian_flow(SDE, MEAN, VAR, x_T, t)
+        np.testing.assert_allclose(traj[j], want, rtol=0, atol=1e-7)
     # With denoising, the trajectory is unchanged and the sample is its Tweedie denoising.
     x_den, nfe_den, traj_den = sampling.trajectory(
         rng, SDE, SCORE_FN, shape, "ode", save_at=save_at, **{**opts, "denoise": True}
