@@ -219,6 +219,17 @@ def test_sampler_option_the_method_lacks():
     _fails(cfg, "config.sampling.options has 'eta'", "method='ode'", "rtol")
 
 
+@pytest.mark.parametrize("method", sorted(sampling.METHODS))
+@pytest.mark.parametrize("path", ["configs/digits.py", "configs/toy/ring8_vp.py"])
+def test_every_method_can_be_chosen_by_sampling_method_alone(path, method):
+    """The config's other sampling fields (pc's predictor and corrector among them) are no
+    obstacle to another method: with only ``sampling.method`` changed the config validates."""
+    cfg = _load(path)
+    cfg.sampling.method = method
+    exp = from_config_dict(cfg, device_count=1)
+    assert set(config_lib.sampling_kwargs(exp)) <= set(sampling.method_options(method))
+
+
 def test_unknown_embedding_type():
     _fails(
         _digits(**{"model.embedding_type": "sinusoidal"}), "config.model.embedding_type", "fourier"

@@ -39,7 +39,7 @@ def solver(sde, score_fn, **options):
     return jax.jit(lambda x, ts: unipc.integrate(None, sde, score_fn, x, ts, **options))
 
 
-# --- with corrector=False: DPM-Solver's multistep where it should be -----------------------
+# --- with unic=False: DPM-Solver's multistep where it should be ----------------------------
 EQUIVALENCE = [(VP, "data"), (VP, "noise"), (SUBVP, "data"), (VE, "data"), (VE, "noise")]
 
 
@@ -53,7 +53,7 @@ def test_unip2_with_bh2_is_multistep_dpm_solver_2(sde, prediction):
     ts = grids.time_grid(sde, 10, "logsnr")
     options = dict(order=2, prediction=prediction)
     dpm = jax.jit(lambda x: dpm_solver.integrate(None, sde, score_fn, x, ts, **options)[0])(x)
-    uni = solver(sde, score_fn, variant="bh2", corrector=False, **options)(x, ts)[0]
+    uni = solver(sde, score_fn, variant="bh2", unic=False, **options)(x, ts)[0]
     np.testing.assert_allclose(uni, dpm, rtol=0, atol=1e-13 * float(jnp.max(jnp.abs(dpm))))
 
 
@@ -105,7 +105,7 @@ def interpolant_weights(sde, prediction, variant, nodes, s, t):
     return a, c, tuple(0.5 * h * np.sum(q * kernel(lam) * lj) for lj in basis)
 
 
-def oracle(sde, score_fn, x, ts, order, prediction, variant, corrector):
+def oracle(sde, score_fn, x, ts, order, prediction, variant, unic):
     """UniPC-``order`` written as the paper's multistep algorithm; the state at every node."""
     model = lambda y, t: dpm_solver.predict(sde, score_fn, prediction, y, t)
     n, lams = len(ts) - 1, [float(v) for v in sde.half_log_snr(ts)]
@@ -122,14 +122,14 @@ def oracle(sde, score_fn, x, ts, order, prediction, variant, corrector):
         x_t = update(x, nodes, outputs[:p], s, t)  # UniP-p
         if i < n - 1:  # no model call after the last step, so no corrector there
             outputs.insert(0, model(x_t, t))
-            if corrector:  # UniC-p with the model at the prediction
+            if unic:  # UniC-p with the model at the prediction
                 x_t = update(x, nodes + [lams[i + 1]], outputs[1 : p + 1] + outputs[:1], s, t)
         x = x_t
         states.append(x)
     return jnp.stack(states)
 
 
-ORACLE_CASES = [  # (sde, prediction, variant, corrector)
+ORACLE_CASES = [  # (sde, prediction, variant, unic)
     (VP, "data", "bh1", True),
     (VP, "noise", "bh2", True),
     (SUBVP, "data", "bh2", True),
@@ -140,16 +140,16 @@ ORACLE_CASES = [  # (sde, prediction, variant, corrector)
 
 
 @pytest.mark.parametrize(
-    "sde,prediction,variant,corrector",
+    "sde,prediction,variant,unic",
     ORACLE_CASES,
     ids=["vp-data-bh1", "vp-noise-bh2", "subvp-data-bh2", "ve-noise-bh1", "ve-data-bh2", "unip"],
 )
-def test_every_step_is_the_papers_algorithm(sde, prediction, variant, corrector):
+def test_every_step_is_the_papers_algorithm(sde, prediction, variant, unic):
     """UniPC-3 on 7 steps, of orders 1, 2, 3, 3, 3, 2, 1 (warm-up, lower_order_final): the
     state at every node (the corrected one, which the next step starts from) is the oracle's."""
     score_fn, x = mixture().score_fn(sde), prior(sde, 16)
     ts = grids.time_grid(sde, 7, "logsnr")
-    options = dict(order=3, prediction=prediction, variant=variant, corrector=corrector)
+    options = dict(order=3, prediction=prediction, variant=variant, unic=unic)
     save_at = tuple(float(t) for t in ts)
     x_end, nfe, traj = solver(sde, score_fn, save_at=save_at, **options)(x, ts)
     want = oracle(sde, score_fn, x, ts, **options)
@@ -221,8 +221,8 @@ def test_the_corrector_improves_the_predictor_at_few_evaluations():
     for order, variant, n_steps in cases:
         ts = grids.time_grid(sde, n_steps, "logsnr", t_end=sde.sampling_eps)
         errors, distances = [], []
-        for corrector in (False, True):
-            y = solver(sde, score_fn, order=order, variant=variant, corrector=corrector)(x, ts)[0]
+        for unic in (False, True):
+            y = solver(sde, score_fn, order=order, variant=variant, unic=unic)(x, ts)[0]
             errors.append(float(jnp.mean(jnp.linalg.norm(y - reference, axis=-1))))
             distances.append(float(metrics.sliced_wasserstein(key, y, reference)))
         assert errors[1] < 0.8 * errors[0], (order, variant, errors)
@@ -238,7 +238,7 @@ def counting_score(mix, sde, x, t):
     return mix.score(x, sde, t)
 
 
-FRONT_DOOR = [dict(n_steps=1, corrector=False, prediction="noise"), dict(n_steps=7, eps=1e-2)]
+FRONT_DOOR = [dict(n_steps=1, unic=False, prediction="noise"), dict(n_steps=7, eps=1e-2)]
 
 
 @pytest.mark.parametrize("options", FRONT_DOOR, ids=str)
@@ -276,7 +276,7 @@ def test_clear_errors_for_bad_options():
         (dict(order=4), "order=4"),
         (dict(variant="bh3"), "variant='bh3'"),
         (dict(prediction="x0"), "prediction='x0'"),
-        (dict(corrector="yes"), "corrector='yes'"),
+        (dict(unic="yes"), "unic='yes'"),
         (dict(time_grid="karras"), "time_grid='karras'"),
     ]
     for options, message in cases:

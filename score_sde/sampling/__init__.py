@@ -113,7 +113,7 @@ METHODS = {
         unipc.integrate,
         unipc.grid,
         ("n_steps", "time_grid", "eps"),
-        ("order", "prediction", "variant", "corrector", "lower_order_final"),
+        ("order", "prediction", "variant", "unic", "lower_order_final"),
         denoise_after=FEW_STEPS,
     ),
     "heun": Method(

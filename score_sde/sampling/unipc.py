@@ -12,10 +12,11 @@ the model at the predicted x_t, with r = 1. A single difference takes rho = 1/2 
 solve (the paper's choice for UniP-2 and UniC-1); elsewhere B rho = R^-1 g does not depend on B,
 so the two variants differ only in UniP-2 and UniC-1 steps.
 
-What equals what (tests/test_unipc.py): without the corrector, UniP-1 is DPM-Solver-1 (DDIM);
-UniP-2 with bh2 is multistep DPM-Solver-2 (noise) or DPM-Solver++(2M) (data); UniP-3 is the
-exponential integral of the quadratic through the last three outputs, exact on quadratics in
-lambda, which DPM-Solver(++)(3M) is not (its D2 term has half that weight): order 3 differs.
+What equals what (tests/test_unipc.py): without the corrector (``unic=False``), UniP-1 is
+DPM-Solver-1 (DDIM); UniP-2 with bh2 is multistep DPM-Solver-2 (noise) or DPM-Solver++(2M)
+(data); UniP-3 is the exponential integral of the quadratic through the last three outputs,
+exact on quadratics in lambda, which DPM-Solver(++)(3M) is not (its D2 term has half that
+weight): order 3 differs.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def integrate(
     order=None,
     prediction="data",
     variant="bh2",
-    corrector=True,
+    unic=True,
     lower_order_final=True,
     save_at=(),
 ):
@@ -134,7 +135,7 @@ def integrate(
     Steps warm up with orders 1, 2, ... (and with ``lower_order_final`` end with lower ones), as
     multistep DPM-Solver. Each step is UniP, the model at the prediction, then UniC reusing that
     evaluation; the last step has no corrector (it would cost an evaluation), so n steps cost n
-    evaluations. ``corrector=False`` leaves UniP alone. ``order=None``, the default, is UniPC-2
+    evaluations. ``unic=False`` leaves UniP alone. ``order=None``, the default, is UniPC-2
     on grids of up to ``SECOND_ORDER_UP_TO`` = 10 steps and UniPC-3 beyond (``python
     bench/unipc_order.py``). The other defaults (bh2, data prediction, on dpm_solver's default
     grid) are the best measured at 20 NFE (``python bench/grid_families.py``,
@@ -145,7 +146,7 @@ def integrate(
     10 (UniC-1, -2 do).
     """
     del rng  # deterministic
-    check_options(order, prediction, variant, corrector)
+    check_options(order, prediction, variant, unic)
     n = ts.shape[0] - 1
     order = default_order(n) if order is None else order
     orders = dpm_solver.step_orders(n, order, "multistep", lower_order_final)
@@ -160,7 +161,7 @@ def integrate(
         s, t, a_i, c_i, wp_i, wc_i = inputs
         x_t = _combine(a_i, x, c_i, list(zip(wp_i, ms, strict=True)))  # UniP
         ms = (model(x_t, t), *ms)
-        if corrector:  # UniC
+        if unic:
             x_t = _combine(a_i, x, c_i, list(zip(wc_i, ms, strict=True)))
         return (x_t, ms[:order]), (s, t, x, x_t)
 
@@ -182,7 +183,7 @@ def _newest_first(coeffs):
     return a, c, (w[-1], *w[:-1])
 
 
-def check_options(order, prediction, variant, corrector):
+def check_options(order, prediction, variant, unic):
     if order not in (None, 1, 2, 3):
         raise ValueError(
             f"order={order!r}: UniPC has orders 1, 2 and 3 (UniPC-p is of order p+1), or None"
@@ -192,5 +193,5 @@ def check_options(order, prediction, variant, corrector):
         raise ValueError(f"prediction={prediction!r}: use one of {dpm_solver.PREDICTIONS}.")
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r}: use 'bh1' (B(h) = h) or 'bh2' (B(h) = e^h - 1).")
-    if not isinstance(corrector, bool):
-        raise ValueError(f"corrector={corrector!r}: pass True (UniPC) or False (UniP alone).")
+    if not isinstance(unic, bool):
+        raise ValueError(f"unic={unic!r}: pass True (UniC after each UniP) or False (UniP alone).")
