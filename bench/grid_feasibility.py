@@ -9,9 +9,16 @@ Fitted, as in bench/optimize_grid.py: fractions of the lambda span (f = cumsum(s
 here also log eps, the end time, by Adam through the solver (150 iterations from each of the
 logsnr and optimized grids at eps 1e-3 and 1e-4, the best iterate kept), on 1024 prior draws
 (key 0) whose exact probability-flow end points come from a 500-step DPM-Solver-3 to t = 1e-5.
-Two objectives, both on the residuals r(x) = x minus its nearest mode mean:
+Objectives, the first two on the residuals r(x) = x minus its nearest mode mean, the others on
+e = |x_solver - x_exact|² per draw (no mode means: what a model offers):
 - ``pathwise``: mean |r(x_solver) - r(x_exact)|² over the draws;
-- ``within``: sliced W2 between r(x_solver) and r(x_exact), the bench's within-mode measure.
+- ``within``: sliced W2 between r(x_solver) and r(x_exact), the bench's within-mode measure;
+- ``geometric``: the geometric mean of e; ``trimmed``: the mean of e's smallest 90%;
+- ``cauchy``: exp of the mean of log(1 + e / c²), c² the median of e on the logsnr grid (the
+  objective of ``sampling.fit_grid``, score_sde/sampling/grid_fit.py).
+``--fit-on model`` calls ``sampling.fit_grid`` itself (its own draws, its flow to
+``sde.end_time()``; ``--fit-seed``, ``--fit-draws``, ``--fit-iters`` and ``--order`` set its
+key, draws, iterations and the method's order, that row only).
 On the proxies (4 mixtures in 3-D, mode std 1/30 to 1 of their spacing), the mean over them of
 the objective over the logsnr grid's.
 
@@ -22,6 +29,7 @@ time alone.
 
     python bench/grid_feasibility.py [--targets 2d-sharp ...] [--budget 10]
         [--method dpm_solver] [--objectives pathwise within] [--fit-on target proxies]
+        [--fit-seed 0] [--fit-draws 1024] [--fit-iters 150] [--order N]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import argparse
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -42,7 +51,7 @@ import optimize_grid  # noqa: E402
 import samplers as bench  # noqa: E402
 
 from score_sde import metrics, sampling  # noqa: E402
-from score_sde.sampling import grids  # noqa: E402
+from score_sde.sampling import grid_fit, grids  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)  # optimize_grid fits in float64; the bench runs in 32
 SDE = bench.SDE
@@ -53,13 +62,11 @@ LOOPS = {m: optimize_grid.SOLVERS[m] for m in ("dpm_solver", "unipc")}  # at def
 
 
 def grid_of(params: tuple[jax.Array, jax.Array]) -> jax.Array:
-    z, log_eps = params
-    ends = jnp.stack([jnp.asarray(SDE.T), jnp.exp(log_eps)])
-    return grids.fraction_grid(SDE, optimize_grid.to_fractions(z), ends)
+    return grid_fit.grid_of(SDE, params)
 
 
 def params_of(ts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return optimize_grid.logits_of(SDE, ts), jnp.log(ts[-1])
+    return grid_fit.logits_of(SDE, ts), jnp.log(ts[-1])
 
 
 def problem(mixture, key: int):
@@ -74,12 +81,22 @@ def objective(kind: str, method: str, problems, ts: jax.Array) -> jax.Array:
     """[K]: the objective ``kind`` of ``method`` along ``ts`` on each problem."""
     out = []
     for mixture, x_T, exact in problems:
-        x = LOOPS[method](SDE, mixture.score_fn(SDE), x_T, ts)
+        score = mixture.score_fn(SDE)
+        x = LOOPS[method](SDE, score, x_T, ts)
         r, r_exact = (bench.targets_lib.nearest_mode_residual(mixture.means, y) for y in (x, exact))
+        e = jnp.sum((x - exact) ** 2, -1)  # per draw
         if kind == "pathwise":
             out.append(jnp.mean((r - r_exact) ** 2))
-        else:
+        elif kind == "within":
             out.append(metrics.sliced_wasserstein(jax.random.PRNGKey(7), r, r_exact, 64) ** 2)
+        elif kind == "geometric":
+            out.append(jnp.exp(jnp.mean(jnp.log(e + 1e-20))))
+        elif kind == "trimmed":
+            out.append(jnp.mean(jnp.sort(e)[: int(0.9 * e.shape[0])]))
+        else:  # cauchy: grid_fit's objective, c² the median of e on the logsnr grid
+            logsnr = grids.time_grid(SDE, ts.shape[0] - 1, "logsnr")
+            c2 = jnp.median(jnp.sum((LOOPS[method](SDE, score, x_T, logsnr) - exact) ** 2, -1))
+            out.append(jnp.exp(jnp.mean(jnp.log1p(e / jax.lax.stop_gradient(c2)))))
     return jnp.stack(out)
 
 
@@ -93,16 +110,18 @@ def fit(kind: str, method: str, problems, budget: int) -> tuple[jax.Array, float
         params_of(grids.time_grid(SDE, budget, start, t_end=eps, solver="dpm_solver"))
         for start, eps in STARTS
     ]
-    value, _, params = optimize_grid.adam_from_starts(loss, starts, ITERS, LR)
+    value, _, params = grid_fit.adam_from_starts(loss, starts, ITERS, LR)
     return grid_of(params), math.exp(value)
 
 
-def score_grid(target, method: str, ts: jax.Array, label: str) -> bench.Row:
+def score_grid(target, method: str, ts: jax.Array, label: str, **options) -> bench.Row:
     """The solver along ``ts`` from fresh prior draws, scored as the bench scores."""
     shape, score_fn = (SAMPLES, target.mixture.dim), Partial(target.mixture.score_fn(SDE))
 
     sample = jax.jit(
-        lambda key: sampling.solve(key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method)
+        lambda key: sampling.solve(
+            key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method, **options
+        )
     )
     return bench.evaluate(target, sample, SEEDS, label)
 
@@ -140,20 +159,33 @@ def run_target(name: str, args) -> None:
     n, method = args.budget, args.method
     for eps in (REFERENCE_END, 1e-3, 1e-4):
         print_row(name, "exact samples at t = end time", 0, eps, score_exact(target, eps))
-    grid_rows = [("logsnr", grids.time_grid(SDE, n, "logsnr"))]
-    for fit_on in args.fit_on:
+    grid_rows = [("logsnr", grids.time_grid(SDE, n, "logsnr"), {})]
+    if "model" in args.fit_on:  # the library's fit: the model's own flow, no mode means
+        score_fn = Partial(target.mixture.score_fn(SDE))
+        key, shape = jax.random.PRNGKey(args.fit_seed), (args.fit_draws, target.mixture.dim)
+        options = {} if args.order is None else dict(order=args.order)
+        start = time.perf_counter()
+        ts = jax.block_until_ready(
+            sampling.fit_grid(key, SDE, score_fn, shape, n, method, iters=args.fit_iters, **options)
+        )
+        label = f"fitted to the model (seed {args.fit_seed}, {args.fit_draws} draws"
+        label += f", {args.fit_iters} iters"
+        label += f", order {args.order}" if options else ""
+        label += f"; {time.perf_counter() - start:.0f} s)"
+        grid_rows.append((label, ts, options))
+    for fit_on in (f for f in args.fit_on if f != "model"):
         for kind in args.objectives:
             if fit_on == "target":
                 ts, value = fit(kind, method, (problem(target.mixture, 0),), n)
             else:
                 ts, value = proxy_fit(kind, method, n)
-            grid_rows.append((f"fitted on {fit_on}, {kind} ({value:.3f}x logsnr's)", ts))
+            grid_rows.append((f"fitted on {fit_on}, {kind} ({value:.3f}x logsnr's)", ts, {}))
     r = bench.evaluate(target, bench.sampler(target, SAMPLES, method, dict(n_steps=n)), SEEDS, "")
     print_row(
         name, f"{method}'s defaults", r.nfe, SDE.end_time(n), (r.sw_ratio, r.within, r.mode_tv)
     )
-    for label, ts in grid_rows:
-        r = score_grid(target, method, ts, label)
+    for label, ts, options in grid_rows:
+        r = score_grid(target, method, ts, label, **options)
         print_row(name, label, r.nfe, float(ts[-1]), (r.sw_ratio, r.within, r.mode_tv))
         if label != "logsnr":
             print(f"  lambda: {[round(float(v), 2) for v in SDE.half_log_snr(ts)]}", flush=True)
@@ -165,8 +197,19 @@ def main(argv=None) -> None:
     parser.add_argument("--targets", nargs="+", default=["2d-sharp"], choices=names)
     parser.add_argument("--budget", type=int, default=10)
     parser.add_argument("--method", default="dpm_solver", choices=sorted(LOOPS))
-    parser.add_argument("--objectives", nargs="+", default=["pathwise", "within"])
-    parser.add_argument("--fit-on", nargs="+", default=["target", "proxies"])
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        default=["pathwise", "within"],
+        choices=["pathwise", "within", "geometric", "trimmed", "cauchy"],
+    )
+    parser.add_argument(
+        "--fit-on", nargs="+", default=["target", "proxies"], choices=["target", "proxies", "model"]
+    )
+    parser.add_argument("--fit-draws", type=int, default=DRAWS, help="fit_grid's draws (model)")
+    parser.add_argument("--fit-iters", type=int, default=150, help="fit_grid's iters (model)")
+    parser.add_argument("--fit-seed", type=int, default=0, help="fit_grid's key (model)")
+    parser.add_argument("--order", type=int, default=None, help="the method's order (model)")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}; {args.method}, {args.budget} steps, no denoising step")
     print("\n| target | grid | NFE | end time | SW / floor | within / floor | mode TV |")

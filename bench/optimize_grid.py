@@ -55,11 +55,11 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from score_sde import analytic  # noqa: E402
 from score_sde import sde as sde_lib  # noqa: E402
 from score_sde.sampling import dpm_solver, edm, grid_tables, grids, unipc  # noqa: E402
+from score_sde.sampling.grid_fit import adam_from_starts, logits_of, to_fractions  # noqa: E402
 
 BUDGETS = (5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 BASELINES = ("logsnr", "edm", "uniform")
@@ -196,10 +196,6 @@ def _mse(sde, solver, targets, x_T, want, ts) -> jax.Array:
     return jnp.concatenate(errors)
 
 
-def to_fractions(logits: jax.Array) -> jax.Array:
-    return jnp.concatenate([jnp.zeros(1), jnp.cumsum(jax.nn.softmax(logits))]).at[-1].set(1.0)
-
-
 def ends(sde, n: int) -> jax.Array:
     """The span of an n-step grid: the library's default, T -> sde.end_time(n)."""
     return jnp.asarray([sde.T, sde.end_time(n)])
@@ -212,29 +208,6 @@ def _loss_and_grad(sde, solver, targets, z, x_T, want, base):
         return jnp.log(jnp.mean(_mse(sde, solver, targets, x_T, want, ts) / base))
 
     return jax.value_and_grad(loss)(z)
-
-
-def logits_of(sde, ts: jax.Array) -> jax.Array:
-    """The logits z with ``to_fractions(z)`` the fractions of the lambda span at ``ts``."""
-    lam = sde.half_log_snr(ts)
-    return jnp.log(jnp.diff((lam - lam[0]) / (lam[-1] - lam[0])))  # softmax(z): the increments
-
-
-def adam_from_starts(loss_and_grad, starts: list, iters: int, lr: float) -> tuple:
-    """Adam on ``loss_and_grad(params) -> (value, grad)`` from each start in turn (the sharp
-    mixtures' error is mostly trajectories ending in the wrong mode, piecewise constant in the
-    grid: gradients alone stay in the basin they start in): (value, start index, params) of the
-    best iterate seen."""
-    opt = optax.adam(optax.cosine_decay_schedule(lr, iters, alpha=0.05))
-    best = (math.inf, None, None)
-    for i, params in enumerate(starts):
-        state = opt.init(params)
-        for _ in range(iters):
-            value, grad = loss_and_grad(params)
-            best = min(best, (float(value), i, params), key=lambda b: b[0])
-            updates, state = opt.update(grad, state)
-            params = optax.apply_updates(params, updates)
-    return best
 
 
 def optimise(problem: Problem, solver: str, n: int, iters: int, lr: float) -> np.ndarray:

@@ -4,7 +4,8 @@
 Every method is a solver of one shape, ``solve(rng, sde, score_fn, x, ts, method=...,
 **options) -> (x, nfe)``, run from x at ts[0] along the time grid ts (the adaptive ones from
 ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, then solves.
-``trajectory`` also returns the states at chosen times. Each method is one ``Method`` of
+``trajectory`` also returns the states at chosen times; ``fit_grid`` fits a time grid and end
+time to a model, for ``solve`` (``grid_fit``). Each method is one ``Method`` of
 ``METHODS``: its loop (``integrate``), its grid, and the options each of them takes.
 
 ``sample`` and ``trajectory`` end with a denoising step (``denoise=True``): a grid that stops
@@ -49,7 +50,17 @@ import numpy as np
 from jax.tree_util import Partial
 
 from score_sde import checks, parameterization, thresholding
-from score_sde.sampling import ddim, dpm_solver, dpm_solver_adaptive, edm, grids, ode, pc, unipc
+from score_sde.sampling import (
+    ddim,
+    dpm_solver,
+    dpm_solver_adaptive,
+    edm,
+    grid_fit,
+    grids,
+    ode,
+    pc,
+    unipc,
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,3 +303,48 @@ def trajectory(
     )  # fmt: skip
     checks.report_nonfinite(x, on_nonfinite, "samples", _hint(method))
     return x, nfe, traj
+
+
+# The methods ``fit_grid`` fits, and the options it passes on: fixed-step ODE loops whose result
+# is differentiable in their grid (ddim without eta or the discrete chain, which leave the flow).
+FIT_OPTIONS = {
+    "ddim": (),
+    "dpm_solver": METHODS["dpm_solver"].options,
+    "unipc": METHODS["unipc"].options,
+}
+
+
+def fit_grid(
+    rng, sde, score_fn, shape, n_steps: int, method: str = "unipc", *, iters: int = 150,
+    lr: float = 0.05, reference_steps: int = 500, **options,
+):  # fmt: skip
+    """A grid of ``n_steps`` steps (and its end time) fitted to ``score_fn`` for ``method``
+    (``grid_fit``): pass it to ``solve(..., method=method, **options)``. ``shape`` is (draws,
+    *data dims), the prior draws fitted on; their flow comes once from DPM-Solver-3 in
+    ``reference_steps`` logsnr steps to ``sde.end_time()``. Cost: that, then ``iters`` gradient
+    passes through the solver from each of 2-4 starting grids (``grid_fit.starts``). On sharp
+    modes fits from other draws can land in other basins of the objective, some worse
+    (docs/benchmarks.md, "Grids fitted to the model")."""
+    if method not in FIT_OPTIONS:
+        raise ValueError(f"method={method!r}: fit_grid fits one of {sorted(FIT_OPTIONS)}.")
+    for name, value in (
+        ("n_steps", n_steps),
+        ("iters", iters),
+        ("reference_steps", reference_steps),
+    ):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name}={value!r}: need an int >= 1.")
+    shape = checks.batch_shape(shape)
+    options = dict(_static(method, options, FIT_OPTIONS[method]))
+    score_fn = _partial(score_fn)
+    x_T = sde.prior_sampling(rng, shape)
+    checks.score_output(score_fn, x_T)
+    fine = grids.time_grid(sde, reference_steps, "logsnr", t_end=sde.end_time())
+    x_flow, _ = _solve(rng, sde, score_fn, x_T, fine, method="dpm_solver",
+                       options=(("order", 3), ("stepping", "singlestep")))  # fmt: skip
+
+    def run(score_fn, x, ts):
+        return METHODS[method].integrate(rng, sde, score_fn, x, ts, **options)[0]
+
+    starts = grid_fit.starts(sde, method, n_steps)
+    return grid_fit.fit(sde, run, score_fn, x_T, x_flow, starts, iters, lr)[0]
