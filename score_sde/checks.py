@@ -46,6 +46,12 @@ def positive(name: str, value) -> None:
         raise ValueError(f"{name}={value!r}: need a finite value > 0, e.g. {name}=1e-5.")
 
 
+def count(name: str, value) -> None:
+    """``value`` is an int >= 1 (a number of steps, iterations)."""
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{name}={value!r}: need an int >= 1.")
+
+
 def end_time(name: str, value, T) -> None:
     """``value`` lies in the open interval (0, T): an end time eps of sampling or likelihood."""
     if not is_real_number(value):

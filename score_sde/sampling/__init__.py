@@ -332,13 +332,11 @@ def fit_grid(
         ("iters", iters),
         ("reference_steps", reference_steps),
     ):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name}={value!r}: need an int >= 1.")
+        checks.count(name, value)
     shape = checks.batch_shape(shape)
     options = dict(_static(method, options, FIT_OPTIONS[method]))
     score_fn = _partial(score_fn)
     x_T = sde.prior_sampling(rng, shape)
-    checks.score_output(score_fn, x_T)
     fine = grids.time_grid(sde, reference_steps, "logsnr", t_end=sde.end_time())
     x_flow, _ = _solve(rng, sde, score_fn, x_T, fine, method="dpm_solver",
                        options=(("order", 3), ("stepping", "singlestep")))  # fmt: skip

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from score_sde import checks
 from score_sde.sampling import grid_tables
 from score_sde.sde import SDE, batch_mul
 
@@ -80,8 +81,7 @@ def time_grid(
     ignore it)."""
     if kind not in GRIDS:
         raise ValueError(f"time_grid={kind!r} is unknown; use one of {GRIDS}.")
-    if not (isinstance(n_steps, int) and n_steps >= 1):
-        raise ValueError(f"n_steps={n_steps!r}: need an int >= 1.")
+    checks.count("n_steps", n_steps)
     t0 = sde.T if t_start is None else t_start
     t1 = sde.end_time(n_steps) if t_end is None else t_end
     ends = jnp.asarray([t0, t1], dtype=jnp.result_type(float))
