@@ -18,7 +18,9 @@ e = |x_solver - x_exact|² per draw (no mode means: what a model offers):
   objective of ``sampling.fit_grid``, score_sde/sampling/grid_fit.py).
 ``--fit-on model`` calls ``sampling.fit_grid`` itself (its own draws, its flow to
 ``sde.end_time()``; ``--fit-seed``, ``--fit-draws``, ``--fit-iters`` and ``--order`` set its
-key, draws, iterations and the method's order, that row only).
+key, draws, iterations and the method's order, that row only; ``--shifts`` fits with
+``sampling.fit_schedule`` instead, the grid and the model's logSNR shifts, and samples through
+``sampling.shifted_score``).
 On the proxies (4 mixtures in 3-D, mode std 1/30 to 1 of their spacing), the mean over them of
 the objective over the logsnr grid's.
 
@@ -29,7 +31,7 @@ time alone.
 
     python bench/grid_feasibility.py [--targets 2d-sharp ...] [--budget 10]
         [--method dpm_solver] [--objectives pathwise within] [--fit-on target proxies]
-        [--fit-seed 0] [--fit-draws 1024] [--fit-iters 150] [--order N]
+        [--fit-seed 0] [--fit-draws 1024] [--fit-iters 150] [--order N] [--shifts]
 """
 
 from __future__ import annotations
@@ -114,9 +116,12 @@ def fit(kind: str, method: str, problems, budget: int) -> tuple[jax.Array, float
     return grid_of(params), math.exp(value)
 
 
-def score_grid(target, method: str, ts: jax.Array, label: str, **options) -> bench.Row:
-    """The solver along ``ts`` from fresh prior draws, scored as the bench scores."""
+def score_grid(target, method: str, ts: jax.Array, label: str, shifts=None, **options) -> bench.Row:
+    """The solver along ``ts`` from fresh prior draws (the model seen through
+    ``sampling.shifted_score`` with ``shifts``), scored as the bench scores."""
     shape, score_fn = (SAMPLES, target.mixture.dim), Partial(target.mixture.score_fn(SDE))
+    if shifts is not None:
+        score_fn = sampling.shifted_score(SDE, score_fn, ts, shifts)
 
     sample = jax.jit(
         lambda key: sampling.solve(
@@ -164,15 +169,17 @@ def run_target(name: str, args) -> None:
         score_fn = Partial(target.mixture.score_fn(SDE))
         key, shape = jax.random.PRNGKey(args.fit_seed), (args.fit_draws, target.mixture.dim)
         options = {} if args.order is None else dict(order=args.order)
+        fit = sampling.fit_schedule if args.shifts else sampling.fit_grid
         start = time.perf_counter()
-        ts = jax.block_until_ready(
-            sampling.fit_grid(key, SDE, score_fn, shape, n, method, iters=args.fit_iters, **options)
+        out = jax.block_until_ready(
+            fit(key, SDE, score_fn, shape, n, method, iters=args.fit_iters, **options)
         )
-        label = f"fitted to the model (seed {args.fit_seed}, {args.fit_draws} draws"
-        label += f", {args.fit_iters} iters"
+        ts, shifts = out if args.shifts else (out, None)
+        label = f"fitted to the model{' with shifts' if args.shifts else ''} (seed {args.fit_seed}"
+        label += f", {args.fit_draws} draws, {args.fit_iters} iters"
         label += f", order {args.order}" if options else ""
         label += f"; {time.perf_counter() - start:.0f} s)"
-        grid_rows.append((label, ts, options))
+        grid_rows.append((label, ts, dict(options, shifts=shifts)))
     for fit_on in (f for f in args.fit_on if f != "model"):
         for kind in args.objectives:
             if fit_on == "target":
@@ -189,6 +196,8 @@ def run_target(name: str, args) -> None:
         print_row(name, label, r.nfe, float(ts[-1]), (r.sw_ratio, r.within, r.mode_tv))
         if label != "logsnr":
             print(f"  lambda: {[round(float(v), 2) for v in SDE.half_log_snr(ts)]}", flush=True)
+        if options.get("shifts") is not None:
+            print(f"  shifts: {[round(float(v), 2) for v in options['shifts']]}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -210,6 +219,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fit-iters", type=int, default=150, help="fit_grid's iters (model)")
     parser.add_argument("--fit-seed", type=int, default=0, help="fit_grid's key (model)")
     parser.add_argument("--order", type=int, default=None, help="the method's order (model)")
+    parser.add_argument("--shifts", action="store_true", help="fit_schedule (model)")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}; {args.method}, {args.budget} steps, no denoising step")
     print("\n| target | grid | NFE | end time | SW / floor | within / floor | mode TV |")

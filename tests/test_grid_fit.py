@@ -2,7 +2,10 @@
 the solver (score_sde/sampling/grid_fit.py). On sharp modes (std 1/30 of their spacing, the
 bench's 2d-sharp) the fitted grid keeps the modes their width where the default grid does not;
 for every method it fits, it lands nearer the model's flow than its starting grid on draws it
-was not fitted on; bad arguments get one line."""
+was not fitted on; bad arguments get one line. ``sampling.fit_schedule`` also fits a logSNR
+shift per grid point of the model's evaluations (``sampling.shifted_score``): the score it
+sees is the model's at the shifted level, and at 5 steps the shifts bring the solver nearer
+the flow than its grid alone."""
 
 import chex
 import jax
@@ -81,6 +84,61 @@ def test_every_fitted_method_lands_nearer_the_flow_than_its_start(method, option
     assert ratio < 0.8
 
 
+def gaussian_score(mean: float, var: float):
+    """The score of data N(mean, var I) under SDE at per-example times t."""
+
+    def score(x, t):
+        a, s = (f(t)[:, None] for f in (SDE.alpha, SDE.marginal_std))
+        return -(x - a * mean) / (a**2 * var + s**2)
+
+    return score
+
+
+def test_the_shifted_score_is_the_model_seen_at_the_shifted_level():
+    """Data N(0.5, 0.04 I): at grid point t_i the score implied by the x0 prediction of the
+    model at tau, lambda(tau) = lambda(t_i) + d_i, for the input x alpha(tau) / alpha(t_i),
+    in closed form; zero shifts give the score back. Fails if the input is not rescaled, or
+    a time takes another point's shift."""
+    mean, var = 0.5, 0.04
+    ts = grids.time_grid(SDE, 5, "logsnr")
+    shifts = jnp.array([0.3, -0.2, 0.5, 0.1, -0.4, 0.7])
+    t = ts[jnp.array([0, 1, 2, 3, 4, 5, 3, 1])]
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    score = gaussian_score(mean, var)
+    got = sampling.shifted_score(SDE, score, ts, shifts)(x, t)
+    tau = SDE.t_from_half_log_snr(SDE.half_log_snr(t) + shifts[jnp.array([0, 1, 2, 3, 4, 5, 3, 1])])
+    a, s, a_u, s_u = (f(u)[:, None] for u in (t, tau) for f in (SDE.alpha, SDE.marginal_std))
+    x_tau = x * a_u / a
+    x0 = mean + a_u * var * (x_tau - a_u * mean) / (a_u**2 * var + s_u**2)
+    # times sigma(t)²: the noise prediction's scale, where float32 rounding is uniform
+    np.testing.assert_allclose(got * s**2, a * x0 - x, atol=1e-5)
+    unshifted = sampling.shifted_score(SDE, score, ts, jnp.zeros(6))(x, t)
+    np.testing.assert_allclose(unshifted * s**2, score(x, t) * s**2, atol=1e-5)
+
+
+def test_shifts_bring_a_five_step_solver_nearer_the_flow():
+    """2d-sharp, UniPC at 5 steps, 512 draws, 40 iterations: on 2048 fresh draws the
+    objective with the fitted shifts is 0.55 of the same grid's without them (keys 0-3:
+    0.46-0.64; zero shifts: 1). The shift of the last point, where no step evaluates, stays 0."""
+    ts, shifts = sampling.fit_schedule(
+        jax.random.PRNGKey(0), SDE, SCORE, (512, 2), 5, "unipc", iters=40
+    )
+    chex.assert_shape((ts, shifts), ((6,), (6,)))
+    assert shifts[-1] == 0 and jnp.all(jnp.diff(ts) < 0)
+    x_T = SDE.prior_sampling(jax.random.PRNGKey(3), (2048, 2))
+    x_flow = flow(x_T)
+
+    def objective(score_fn, grid, c2=None):
+        e = jnp.sum((sampling.solve(None, SDE, score_fn, x_T, grid, "unipc")[0] - x_flow) ** 2, -1)
+        return e if c2 is None else float(jnp.mean(jnp.log1p(e / c2)))
+
+    c2 = jnp.median(objective(SCORE, grids.time_grid(SDE, 5, "logsnr")))  # as fit_grid's
+    shifted = sampling.shifted_score(SDE, SCORE, ts, shifts)
+    ratio = objective(shifted, ts, c2) / objective(SCORE, ts, c2)
+    print(f"objective with shifts / without: {ratio:.3f}; shifts {shifts}")
+    assert ratio < 0.75
+
+
 def test_fractions_and_logits_are_inverse():
     ts = grids.time_grid(SDE, 7, "edm")
     f = grid_fit.to_fractions(grid_fit.logits_of(SDE, ts))
@@ -93,12 +151,13 @@ def test_fractions_and_logits_are_inverse():
 @pytest.mark.parametrize(
     "method, n_steps, shape, options, error, match",
     [
-        ("pc", 5, (8, 2), {}, ValueError, "fit_grid fits one of"),
+        ("pc", 5, (8, 2), {}, ValueError, "fit_grid and fit_schedule fit one of"),
         ("unipc", 0, (8, 2), {}, ValueError, "n_steps=0"),
         ("ddim", 5, (8, 2), dict(eta=1.0), TypeError, r"no option\(s\) \['eta'\]"),
         ("unipc", 5, (0, 2), {}, ValueError, "shape="),
     ],
 )
-def test_bad_arguments_get_one_line(method, n_steps, shape, options, error, match):
+@pytest.mark.parametrize("fit", [sampling.fit_grid, sampling.fit_schedule])
+def test_bad_arguments_get_one_line(fit, method, n_steps, shape, options, error, match):
     with pytest.raises(error, match=match):
-        sampling.fit_grid(jax.random.PRNGKey(0), SDE, SCORE, shape, n_steps, method, **options)
+        fit(jax.random.PRNGKey(0), SDE, SCORE, shape, n_steps, method, **options)

@@ -5,7 +5,8 @@ Every method is a solver of one shape, ``solve(rng, sde, score_fn, x, ts, method
 **options) -> (x, nfe)``, run from x at ts[0] along the time grid ts (the adaptive ones from
 ts[0] to ts[-1]); ``sample`` draws the prior and builds the method's grid once, then solves.
 ``trajectory`` also returns the states at chosen times; ``fit_grid`` fits a time grid and end
-time to a model, for ``solve`` (``grid_fit``). Each method is one ``Method`` of
+time to a model, for ``solve`` (``grid_fit``), and ``fit_schedule`` with them a shift of the
+model's evaluations, for ``solve`` on ``shifted_score``. Each method is one ``Method`` of
 ``METHODS``: its loop (``integrate``), its grid, and the options each of them takes.
 
 ``sample`` and ``trajectory`` end with a denoising step (``denoise=True``): a grid that stops
@@ -325,8 +326,32 @@ def fit_grid(
     passes through the solver from each of 2-4 starting grids (``grid_fit.starts``). On sharp
     modes fits from other draws can land in other basins of the objective, some worse
     (docs/benchmarks.md, "Grids fitted to the model")."""
+    params = _fit(rng, sde, score_fn, shape, n_steps, method, iters, lr, reference_steps,
+                  options, shift=False)  # fmt: skip
+    return grid_fit.grid_of(sde, params)
+
+
+def fit_schedule(
+    rng, sde, score_fn, shape, n_steps: int, method: str = "unipc", *, iters: int = 150,
+    lr: float = 0.05, reference_steps: int = 500, **options,
+):  # fmt: skip
+    """``fit_grid``, then ``iters`` more passes fitting with the grid a logSNR shift per grid
+    point of the model's evaluations (decoupled times, ``grid_fit``); returns (ts, shifts):
+    ``solve(rng, sde, shifted_score(sde, score_fn, ts, shifts), x, ts, method, **options)``."""
+    params = _fit(rng, sde, score_fn, shape, n_steps, method, iters, lr, reference_steps,
+                  options, shift=True)  # fmt: skip
+    return grid_fit.grid_of(sde, params[:2]), params[2]
+
+
+shifted_score = grid_fit.shifted_score
+
+
+def _fit(rng, sde, score_fn, shape, n_steps, method, iters, lr, reference_steps, options, shift):
+    """``grid_fit.fit``'s params for ``fit_grid`` and ``fit_schedule``, after their checks."""
     if method not in FIT_OPTIONS:
-        raise ValueError(f"method={method!r}: fit_grid fits one of {sorted(FIT_OPTIONS)}.")
+        raise ValueError(
+            f"method={method!r}: fit_grid and fit_schedule fit one of {sorted(FIT_OPTIONS)}."
+        )
     for name, value in (
         ("n_steps", n_steps),
         ("iters", iters),
@@ -345,4 +370,4 @@ def fit_grid(
         return METHODS[method].integrate(rng, sde, score_fn, x, ts, **options)[0]
 
     starts = grid_fit.starts(sde, method, n_steps)
-    return grid_fit.fit(sde, run, score_fn, x_T, x_flow, starts, iters, lr)[0]
+    return grid_fit.fit(sde, run, score_fn, x_T, x_flow, starts, iters, lr, shift)[0]

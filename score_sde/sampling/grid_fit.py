@@ -12,6 +12,12 @@ mean squared error is ruled by the few draws that cross between modes and leaves
 width off; a mean of log |.|² rewards errors that cancel on a few draws (docs/benchmarks.md,
 "Grids fitted to the model"). Adam from several starts (``adam_from_starts``), the best iterate
 kept.
+
+With shifts (``fit(..., shift=True)``, ``sampling.fit_schedule``) the model is also evaluated at
+other logSNRs than the steps' own: at grid point t_i it sees lambda(t_i) + d_i, its input
+rescaled to that level (``shifted_score``), d fitted jointly with the grid from the best grid
+(decoupled times, as LD3 fits them, Tong et al. 2025). On sharp modes a step too long for the
+within-mode part of the flow shrinks the modes; a shift gives each step back their width.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.tree_util import Partial
 
+from score_sde import parameterization as param
 from score_sde.sampling import grid_tables, grids
-from score_sde.sde import SDE
+from score_sde.sde import SDE, batch_mul
 
 Array = jax.Array
 
@@ -57,6 +65,22 @@ def adam_from_starts(loss_and_grad: Callable, starts: list, iters: int, lr: floa
     return best
 
 
+def shifted_score(sde: SDE, score_fn, ts: Array, shifts: Array) -> Partial:
+    """The score at t from the model's x0 prediction at lambda(t) + shifts[i], i the point of
+    the grid ``ts`` nearest t, its input x scaled by alpha(tau) / alpha(t) to that noise level:
+    a ``Partial`` for ``sampling.solve`` along ``ts``. Zero shifts give ``score_fn`` back."""
+    score_fn = score_fn if isinstance(score_fn, Partial) else Partial(score_fn)
+    return Partial(_shifted, sde, score_fn, jnp.asarray(ts), jnp.asarray(shifts))
+
+
+def _shifted(sde: SDE, score_fn, ts: Array, shifts: Array, x: Array, t: Array) -> Array:
+    i = jnp.argmin(jnp.abs(ts[None, :] - t[:, None]), axis=1)
+    tau = sde.t_from_half_log_snr(sde.half_log_snr(t) + shifts[i])
+    x_tau = batch_mul(sde.alpha(tau) / sde.alpha(t), x)
+    x0 = param.from_score(sde, score_fn(x_tau, tau), x_tau, tau, "x0")
+    return param.to_score(sde, x0, x, t, "x0")
+
+
 def grid_of(sde: SDE, params: tuple[Array, Array]) -> Array:
     """The grid from T to exp(log eps) at the fractions of the logits: params = (z, log eps)."""
     z, log_eps = params
@@ -81,16 +105,21 @@ def starts(sde: SDE, solver: str, n_steps: int) -> list[tuple[Array, Array]]:
 
 def fit(
     sde: SDE, run: Callable, score_fn, x_T: Array, x_flow: Array, params: list, iters: int,
-    lr: float,
-) -> tuple[Array, float]:  # fmt: skip
-    """(grid, objective) minimising the mean over draws of log(1 + |x_solver - x_flow|² / c²),
-    x_solver = ``run(score_fn, x_T, ts)``, from each start in ``params``; c² is the median of
-    |x_solver - x_flow|² on the first start's grid. The score (a Partial over a model's
-    parameters) and the draws are arguments of the compiled loss, not constants in it."""
+    lr: float, shift: bool = False,
+) -> tuple[tuple, float]:  # fmt: skip
+    """(params, objective) minimising the mean over draws of log(1 + |x_solver - x_flow|² /
+    c²), x_solver = ``run(score_fn, x_T, ts)``, from each start in ``params`` ((z, log eps)
+    each); c² is the median of |x_solver - x_flow|² on the first start's grid. With ``shift``,
+    then (z, log eps, d) from the best of those with d = 0, the model seen through
+    ``shifted_score``. The score (a Partial over a model's parameters) and the draws are
+    arguments of the compiled loss, not constants in it."""
     axes = tuple(range(1, x_flow.ndim))
 
     def errors(p, score_fn, x_T, x_flow):
-        return jnp.sum((run(score_fn, x_T, grid_of(sde, p)) - x_flow) ** 2, axis=axes)
+        ts = grid_of(sde, p[:2])
+        if len(p) == 3:
+            score_fn = shifted_score(sde, score_fn, ts, p[2])
+        return jnp.sum((run(score_fn, x_T, ts) - x_flow) ** 2, axis=axes)
 
     c2 = jnp.median(jax.jit(errors)(params[0], score_fn, x_T, x_flow))
 
@@ -98,7 +127,8 @@ def fit(
         return jnp.mean(jnp.log1p(errors(p, score_fn, x_T, x_flow) / c2))
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))
-    value, _, best = adam_from_starts(
-        lambda p: value_and_grad(p, score_fn, x_T, x_flow), params, iters, lr
-    )
-    return grid_of(sde, best), value
+    step = lambda p: value_and_grad(p, score_fn, x_T, x_flow)  # noqa: E731
+    value, _, best = adam_from_starts(step, params, iters, lr)
+    if shift:
+        value, _, best = adam_from_starts(step, [(*best, jnp.zeros(best[0].size + 1))], iters, lr)
+    return best, value
