@@ -139,6 +139,12 @@ def test_shifts_bring_a_five_step_solver_nearer_the_flow():
     assert ratio < 0.75
 
 
+def test_shifts_of_another_grid_get_one_line():
+    ts = grids.time_grid(SDE, 5, "logsnr")
+    with pytest.raises(ValueError, match=r"shifts of shape \(5,\) for a grid ts of shape \(6,\)"):
+        sampling.shifted_score(SDE, SCORE, ts, jnp.zeros(5))
+
+
 def test_fractions_and_logits_are_inverse():
     ts = grids.time_grid(SDE, 7, "edm")
     f = grid_fit.to_fractions(grid_fit.logits_of(SDE, ts))

@@ -17,7 +17,7 @@ With shifts (``fit(..., shift=True)``, ``sampling.fit_schedule``) the model is a
 other logSNRs than the steps' own: at grid point t_i it sees lambda(t_i) + d_i, its input
 rescaled to that level (``shifted_score``), d fitted jointly with the grid from the best grid
 (decoupled times, as LD3 fits them, Tong et al. 2025). On sharp modes a step too long for the
-within-mode part of the flow shrinks the modes; a shift gives each step back their width.
+within-mode part of the flow narrows or widens the modes; a shift gives them back their width.
 """
 
 from __future__ import annotations
@@ -69,11 +69,18 @@ def shifted_score(sde: SDE, score_fn, ts: Array, shifts: Array) -> Partial:
     """The score at t from the model's x0 prediction at lambda(t) + shifts[i], i the point of
     the grid ``ts`` nearest t, its input x scaled by alpha(tau) / alpha(t) to that noise level:
     a ``Partial`` for ``sampling.solve`` along ``ts``. Zero shifts give ``score_fn`` back."""
+    ts, shifts = jnp.asarray(ts), jnp.asarray(shifts)
+    if ts.ndim != 1 or shifts.shape != ts.shape:
+        raise ValueError(
+            f"shifts of shape {shifts.shape} for a grid ts of shape {ts.shape}: one shift per "
+            "grid point, as fit_schedule returns them."
+        )
     score_fn = score_fn if isinstance(score_fn, Partial) else Partial(score_fn)
-    return Partial(_shifted, sde, score_fn, jnp.asarray(ts), jnp.asarray(shifts))
+    return Partial(_shifted, sde, score_fn, ts, shifts)
 
 
 def _shifted(sde: SDE, score_fn, ts: Array, shifts: Array, x: Array, t: Array) -> Array:
+    t = jnp.broadcast_to(t, x.shape[:1])
     i = jnp.argmin(jnp.abs(ts[None, :] - t[:, None]), axis=1)
     tau = sde.t_from_half_log_snr(sde.half_log_snr(t) + shifts[i])
     x_tau = batch_mul(sde.alpha(tau) / sde.alpha(t), x)
@@ -127,7 +134,10 @@ def fit(
         return jnp.mean(jnp.log1p(errors(p, score_fn, x_T, x_flow) / c2))
 
     value_and_grad = jax.jit(jax.value_and_grad(loss))
-    step = lambda p: value_and_grad(p, score_fn, x_T, x_flow)  # noqa: E731
+
+    def step(p):
+        return value_and_grad(p, score_fn, x_T, x_flow)
+
     value, _, best = adam_from_starts(step, params, iters, lr)
     if shift:
         value, _, best = adam_from_starts(step, [(*best, jnp.zeros(best[0].size + 1))], iters, lr)
