@@ -95,6 +95,11 @@ def grid_of(sde: SDE, params: tuple[Array, Array]) -> Array:
     return grids.fraction_grid(sde, to_fractions(z), ends)
 
 
+def params_of(sde: SDE, ts: Array) -> tuple[Array, Array]:
+    """(z, log eps) of the grid ``ts``: ``grid_of``'s inverse."""
+    return logits_of(sde, ts), jnp.log(ts[-1])
+
+
 def starts(sde: SDE, solver: str, n_steps: int) -> list[tuple[Array, Array]]:
     """The logsnr grid and, where the solver has a table for the SDE's family, its optimized
     one, each ending at ``sde.end_time(n_steps)`` and at a tenth of it."""
@@ -106,7 +111,7 @@ def starts(sde: SDE, solver: str, n_steps: int) -> list[tuple[Array, Array]]:
     for kind in kinds:
         for t_end in (eps, eps / 10):
             ts = grids.time_grid(sde, n_steps, kind, t_end=t_end, solver=solver)
-            out.append((logits_of(sde, ts), jnp.log(ts[-1])))
+            out.append(params_of(sde, ts))
     return out
 
 
