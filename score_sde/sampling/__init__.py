@@ -319,13 +319,13 @@ def fit_grid(
     rng, sde, score_fn, shape, n_steps: int, method: str = "unipc", *, iters: int = 150,
     lr: float = 0.05, reference_steps: int = 500, **options,
 ):  # fmt: skip
-    """A grid of ``n_steps`` steps (and its end time) fitted to ``score_fn`` for ``method``
-    (``grid_fit``): pass it to ``solve(..., method=method, **options)``. ``shape`` is (draws,
-    *data dims), the prior draws fitted on; their flow comes once from DPM-Solver-3 in
-    ``reference_steps`` logsnr steps to ``sde.end_time()``. Cost: that, then ``iters`` gradient
-    passes through the solver from each of 2-4 starting grids (``grid_fit.starts``). On sharp
-    modes fits from other draws can land in other basins of the objective, some worse
-    (docs/benchmarks.md, "Grids fitted to the model")."""
+    """A grid of ``n_steps`` steps (and its end time, no later than ``sde.end_time(n_steps)``)
+    fitted to ``score_fn`` for ``method`` (``grid_fit``): pass it to ``solve(..., method=method,
+    **options)``. ``shape`` is (draws, *data dims), the prior draws fitted on; their flow comes
+    once from DPM-Solver-3 in ``reference_steps`` logsnr steps to ``sde.end_time()``. Cost: that,
+    then ``iters`` gradient passes through the solver from each of 2-4 starting grids
+    (``grid_fit.starts``). On sharp modes fits from other draws can land in other basins of the
+    objective, some worse (docs/benchmarks.md, "Grids fitted to the model")."""
     params = _fit(rng, sde, score_fn, shape, n_steps, method, iters, lr, reference_steps,
                   options, shift=False)  # fmt: skip
     return grid_fit.grid_of(sde, params)

@@ -4,14 +4,14 @@ probability flow takes the same prior draws (per model, as Align Your Steps fits
 Sabour et al. 2024; the shipped ``"optimized"`` tables are fitted once on proxies instead).
 
 The grid: fractions f_0 = 0 < ... < f_n = 1 of the lambda span from T to the end time eps
-(``grids.fraction_grid``), f = cumsum(softmax(z)) for free logits z (z = 0 is the logsnr grid),
-and log eps. The objective: the mean over prior draws of log(1 + |x_solver - x_flow|² / c²),
-x_flow the flow's end point at ``sde.end_time()`` from a fine solve, c² the median squared error
-on the logsnr grid. Quadratic below c and logarithmic above, it lets the typical draw count: a
-mean squared error is ruled by the few draws that cross between modes and leaves narrow modes'
-width off; a mean of log |.|² rewards errors that cancel on a few draws (docs/benchmarks.md,
-"Grids fitted to the model"). Adam from several starts (``adam_from_starts``), the best iterate
-kept.
+(``grids.fraction_grid``), f = cumsum(softmax(z)) for free logits z (z = 0 is the logsnr grid), and
+log eps, eps no later than ``sde.end_time(n)``. The objective: the mean over prior draws of log(1 +
+|x_solver - x_flow|² / c²), x_flow the flow's end point at ``sde.end_time()`` from a fine solve, c²
+the median squared error on the logsnr grid. Quadratic below c and logarithmic above, it lets the
+typical draw count: a mean squared error is ruled by the few draws that cross between modes and
+leaves narrow modes' width off; a mean of log |.|² rewards errors that cancel on a few draws
+(docs/benchmarks.md, "Grids fitted to the model"). Adam from several starts (``adam_from_starts``),
+the best iterate kept.
 
 With shifts (``fit(..., shift=True)``, ``sampling.fit_schedule``) the model is also evaluated at
 other logSNRs than the steps' own: at grid point t_i it sees lambda(t_i) + d_i, its input
@@ -119,15 +119,22 @@ def fit(
     sde: SDE, run: Callable, score_fn, x_T: Array, x_flow: Array, params: list, iters: int,
     lr: float, shift: bool = False,
 ) -> tuple[tuple, float]:  # fmt: skip
-    """(params, objective) minimising the mean over draws of log(1 + |x_solver - x_flow|² /
-    c²), x_solver = ``run(score_fn, x_T, ts)``, from each start in ``params`` ((z, log eps)
-    each); c² is the median of |x_solver - x_flow|² on the first start's grid. With ``shift``,
-    then (z, log eps, d) from the best of those with d = 0, the model seen through
-    ``shifted_score``. The score (a Partial over a model's parameters) and the draws are
-    arguments of the compiled loss, not constants in it."""
+    """(params, objective) minimising the mean over draws of log(1 + |x_solver - x_flow|² / c²),
+    x_solver = ``run(score_fn, x_T, ts)``, from each start in ``params`` ((z, log eps) each; eps is
+    held at or below ``sde.end_time(n)``); c² is the median of |x_solver - x_flow|² on the first
+    start's grid. With ``shift``, then (z, log eps, d) from the best of those with d = 0, the model
+    seen through ``shifted_score``. The score (a Partial over a model's parameters) and the draws
+    are arguments of the compiled loss, not constants in it."""
     axes = tuple(range(1, x_flow.ndim))
+    # A later end than the default leaves noise of std sigma(eps) on every draw, a cost the
+    # per-draw objective underweights (docs/benchmarks.md, "Grids fitted to the model").
+    log_eps_max = jnp.log(sde.end_time(params[0][0].size))
+
+    def bounded(p):
+        return (p[0], jnp.minimum(p[1], log_eps_max), *p[2:])
 
     def errors(p, score_fn, x_T, x_flow):
+        p = bounded(p)
         ts = grid_of(sde, p[:2])
         if len(p) == 3:
             score_fn = shifted_score(sde, score_fn, ts, p[2])
@@ -144,6 +151,7 @@ def fit(
         return value_and_grad(p, score_fn, x_T, x_flow)
 
     value, _, best = adam_from_starts(step, params, iters, lr)
+    best = bounded(best)
     if shift:
         value, _, best = adam_from_starts(step, [(*best, jnp.zeros(best[0].size + 1))], iters, lr)
-    return best, value
+    return bounded(best), value
