@@ -119,15 +119,7 @@ def fit(kind: str, method: str, problems, budget: int) -> tuple[jax.Array, float
 def score_grid(target, method: str, ts: jax.Array, label: str, shifts=None, **options) -> bench.Row:
     """The solver along ``ts`` from fresh prior draws (the model seen through
     ``sampling.shifted_score`` with ``shifts``), scored as the bench scores."""
-    shape, score_fn = (SAMPLES, target.mixture.dim), Partial(target.mixture.score_fn(SDE))
-    if shifts is not None:
-        score_fn = sampling.shifted_score(SDE, score_fn, ts, shifts)
-
-    sample = jax.jit(
-        lambda key: sampling.solve(
-            key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method, **options
-        )
-    )
+    sample = bench.along(target, SAMPLES, method, ts, shifts, **options)
     return bench.evaluate(target, sample, SEEDS, label)
 
 

@@ -11,7 +11,10 @@ independent exact sets of the same size against the same reference, so exact sam
 nearest mode mean), and the total variation of the sampled mode weights (hard assignment).
 
 Each method's settings are picked per NFE budget (``fixed_budget``): the step count whose NFE
-is nearest the budget (the fewer on a tie); the tables show the NFE each run really used.
+is nearest the budget (the fewer on a tie); the tables show the NFE each run really used. Rows
+"unipc fit_grid" and "unipc fit_schedule" (``FITTED``, at 5, 8 and 10 NFE) sample along a grid
+fitted to the target's own score first (``sampling.fit_grid`` / ``fit_schedule``; the fit's
+time is printed): a fit per model, not a default.
 
     python bench/samplers.py [--quick]     (or: python -m bench.samplers)
 """
@@ -137,14 +140,23 @@ ADAPTIVE = [  # (label, method, options): report the NFE they reach
     ("dpm adaptive tol=1e-2", "dpm_solver_adaptive", dict(rtol=1e-2, atol=1e-2)),
     ("dpm adaptive tol=1e-3", "dpm_solver_adaptive", dict(rtol=1e-3, atol=1e-3)),
 ]
+# (budget, label, fit): unipc at its defaults along a grid fitted to each target's model, on
+# FIT_DRAWS prior draws of key 0 (the scored ones are keys 1..seeds): a fit per model, not a
+# default. fit_schedule (the evaluations shifted too) below 8 NFE, where the shifts gain.
+FITTED = [
+    (5, "unipc fit_schedule", sampling.fit_schedule),
+    (8, "unipc fit_grid", sampling.fit_grid),
+    (10, "unipc fit_grid", sampling.fit_grid),
+]
+FIT_DRAWS = 1024
 DEFAULTS_NFE = (19, 49, 99)
 FULL = dict(
     budgets=BUDGETS, targets=("2d", "16d", "2d-sharp", "64d-aniso"), samples=2000, seeds=5,
-    adaptive=ADAPTIVE, defaults=DEFAULTS_NFE, dims=(2, 16),
+    adaptive=ADAPTIVE, defaults=DEFAULTS_NFE, dims=(2, 16), fit_iters=150,
 )  # fmt: skip
 QUICK = dict(
     budgets=(5, 10), targets=("2d-sharp",), samples=500, seeds=1, adaptive=ADAPTIVE[::3],
-    defaults=DEFAULTS_NFE[:1], dims=(2,),
+    defaults=DEFAULTS_NFE[:1], dims=(2,), fit_iters=30,
 )  # fmt: skip
 
 
@@ -182,6 +194,35 @@ def sampler(target: Target, n: int, method: str, options: dict, sde=SDE):
     return functools.partial(
         sampling.sample, sde=sde, score_fn=score_fn, shape=shape, method=method, **options
     )
+
+
+def along(target: Target, n: int, method: str, ts: jax.Array, shifts=None, **options):
+    """``key -> (samples, nfe)`` of ``method`` along the grid ``ts`` from fresh prior draws, the
+    model seen through ``sampling.shifted_score`` with ``shifts``."""
+    shape, score_fn = (n, target.mixture.dim), Partial(target.mixture.score_fn(SDE))
+    if shifts is not None:
+        score_fn = sampling.shifted_score(SDE, score_fn, ts, shifts)
+    return jax.jit(
+        lambda key: sampling.solve(
+            key, SDE, score_fn, SDE.prior_sampling(key, shape), ts, method, **options
+        )
+    )
+
+
+def run_fitted(target: Target, n: int, budgets, seeds: int, iters: int) -> list[Row]:
+    """The ``FITTED`` rows of ``budgets``, each fit's time and end time printed."""
+    rows, score_fn = [], Partial(target.mixture.score_fn(SDE))
+    for budget, label, fit in (f for f in FITTED if f[0] in budgets):
+        start = time.perf_counter()
+        draws = (FIT_DRAWS, target.mixture.dim)
+        out = jax.block_until_ready(
+            fit(jax.random.PRNGKey(0), SDE, score_fn, draws, budget, "unipc", iters=iters)
+        )
+        ts, shifts = out if isinstance(out, tuple) else (out, None)
+        seconds, end = time.perf_counter() - start, float(ts[-1])
+        print(f"{target.name}: {label} for {budget} NFE in {seconds:.0f} s, ends at {end:.2g}")
+        rows.append(evaluate(target, along(target, n, "unipc", ts, shifts), seeds, label))
+    return rows
 
 
 def run_ours(target: Target, n: int, budgets, seeds: int, adaptive=ADAPTIVE) -> list[Row]:
@@ -395,6 +436,7 @@ def main(argv=None) -> None:
     for name in setting["targets"]:  # each table as soon as it is done
         built.append(Target.build(name, targets_lib.mixtures()[name], n))
         target_rows = run_ours(built[-1], n, budgets, seeds, setting["adaptive"])
+        target_rows += run_fitted(built[-1], n, budgets, seeds, setting["fit_iters"])
         if baseline:
             target_rows += run_diffusers(baseline, built[-1], n, budgets, seeds)
         print_table(target_rows, built[-1], seeds)
