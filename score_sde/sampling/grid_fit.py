@@ -151,7 +151,7 @@ def fit(
         return value_and_grad(p, score_fn, x_T, x_flow)
 
     value, _, best = adam_from_starts(step, params, iters, lr)
-    best = bounded(best)
+    best = bounded(best)  # above the bound log eps gets no gradient: start the shifts on it
     if shift:
         value, _, best = adam_from_starts(step, [(*best, jnp.zeros(best[0].size + 1))], iters, lr)
     return bounded(best), value
