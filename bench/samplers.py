@@ -140,13 +140,20 @@ ADAPTIVE = [  # (label, method, options): report the NFE they reach
     ("dpm adaptive tol=1e-2", "dpm_solver_adaptive", dict(rtol=1e-2, atol=1e-2)),
     ("dpm adaptive tol=1e-3", "dpm_solver_adaptive", dict(rtol=1e-3, atol=1e-3)),
 ]
+
+
+def _fit_grid(*args, **kwargs) -> tuple[jax.Array, None]:
+    """``sampling.fit_grid`` in ``fit_schedule``'s shape: (ts, no shifts)."""
+    return sampling.fit_grid(*args, **kwargs), None
+
+
 # (budget, label, fit): unipc at its defaults along a grid fitted to each target's model, on
 # FIT_DRAWS prior draws of key 0 (the scored ones are keys 1..seeds): a fit per model, not a
 # default. fit_schedule (the evaluations shifted too) below 8 NFE, where the shifts gain.
 FITTED = [
     (5, "unipc fit_schedule", sampling.fit_schedule),
-    (8, "unipc fit_grid", sampling.fit_grid),
-    (10, "unipc fit_grid", sampling.fit_grid),
+    (8, "unipc fit_grid", _fit_grid),
+    (10, "unipc fit_grid", _fit_grid),
 ]
 FIT_DRAWS = 1024
 DEFAULTS_NFE = (19, 49, 99)
@@ -215,10 +222,9 @@ def run_fitted(target: Target, n: int, budgets, seeds: int, iters: int) -> list[
     for budget, label, fit in (f for f in FITTED if f[0] in budgets):
         start = time.perf_counter()
         draws = (FIT_DRAWS, target.mixture.dim)
-        out = jax.block_until_ready(
+        ts, shifts = jax.block_until_ready(
             fit(jax.random.PRNGKey(0), SDE, score_fn, draws, budget, "unipc", iters=iters)
         )
-        ts, shifts = out if isinstance(out, tuple) else (out, None)
         seconds, end = time.perf_counter() - start, float(ts[-1])
         print(f"{target.name}: {label} for {budget} NFE in {seconds:.0f} s, ends at {end:.2g}")
         rows.append(evaluate(target, along(target, n, "unipc", ts, shifts), seeds, label))
